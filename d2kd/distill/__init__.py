@@ -1,0 +1,4 @@
+"""Distillation methods, one per file, all registered in ``DISTILLER_REGISTRY``."""
+from .base import DISTILLER_REGISTRY, Distiller, KDSchedule  # noqa: F401
+from .feature_imitation import FeatureImitation  # noqa: F401
+from .soft_label import SoftLabelKD  # noqa: F401

@@ -1,1 +1,1 @@
-from .resnet import build_resnet_fpn_backbone_by_width, make_resnet_stages  # noqa: F401
+from .resnet import make_resnet_stages, resnet_out_channels  # noqa: F401

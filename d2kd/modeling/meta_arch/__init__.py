@@ -1,0 +1,3 @@
+from .distill_rcnn import DistillationRCNN  # noqa: F401
+from .distill_retinanet import DistillationRetinaNet  # noqa: F401
+from .lazy_model import D2KDLazyModel  # noqa: F401

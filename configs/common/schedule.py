@@ -1,0 +1,44 @@
+"""Optimizer, LR schedule and the ``train`` section (the layout of Detectron2's LazyConfig baselines)."""
+import torch
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler
+from detectron2.solver.build import get_default_optimizer_params
+
+optimizer = L(torch.optim.SGD)(
+    params=L(get_default_optimizer_params)(weight_decay_norm=0.0),  # params.model: set by the trainer
+    lr=0.02,
+    momentum=0.9,
+    weight_decay=1e-4,
+)
+
+
+def step_schedule(max_iter, *, steps=(0.75, 0.92), warmup_iters=100, warmup_factor=0.001):
+    """Multi-step LR (×0.1 at each fraction of ``max_iter``) after a linear warm-up."""
+    return L(WarmupParamScheduler)(
+        scheduler=L(MultiStepParamScheduler)(
+            values=[1.0] + [0.1 ** (i + 1) for i in range(len(steps))],
+            milestones=[int(s * max_iter) for s in steps] + [max_iter],
+        ),
+        warmup_length=warmup_iters / max_iter,
+        warmup_factor=warmup_factor,
+    )
+
+
+lr_multiplier = step_schedule(90000, steps=(60000 / 90000, 80000 / 90000), warmup_iters=1000)
+
+train = dict(
+    output_dir="./output",
+    init_checkpoint="",
+    max_iter=90000,
+    amp=dict(enabled=False),
+    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
+    checkpointer=dict(period=5000, max_to_keep=3),
+    eval_period=5000,
+    log_period=20,
+    device="cuda" if torch.cuda.is_available() else "cpu",
+    seed=-1,
+    # Distillation runs: evaluate the teacher once before training, logged as teacher/<metric>.
+    eval_teacher=True,
+)

@@ -1,0 +1,154 @@
+"""``DefaultTrainer`` driven by a LazyConfig file.
+
+Detectron2's ``DefaultTrainer`` reads a yacs ``CfgNode``; its LazyConfig counterpart
+(``tools/lazyconfig_train_net.py``) is a loose script. This keeps ``DefaultTrainer``'s whole
+behaviour (hooks, checkpoint/resume of iteration + optimizer + scheduler, periodic evaluation,
+writers with ETA, ``metrics.json``, TensorBoard) and only changes where each piece is read from:
+``cfg.model``, ``cfg.optimizer``, ``cfg.lr_multiplier``, ``cfg.dataloader.{train,test,evaluator}``
+and ``cfg.train``, the layout of Detectron2's own LazyConfig baselines.
+"""
+import logging
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.solver import LRMultiplier
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from .checkpoint import AtomicCheckpointer
+from .hooks import ExportStudentHook, TeacherEvalHook
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    """A :class:`DefaultTrainer` whose ``cfg`` is a LazyConfig (``omegaconf.DictConfig``)."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_kwargs = dict(cfg.train.ddp)
+        if not next(model.parameters()).is_cuda:
+            ddp_kwargs["device_ids"] = None  # CPU processes over gloo (--num-gpus N on CPU)
+        model = create_ddp_model(model, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(
+            model, cfg.train.output_dir, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.train.max_iter
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    # ---- builders: one per config section -------------------------------------------------
+    @classmethod
+    def build_model(cls, cfg):
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        logger.info("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        cfg.optimizer.params.model = model
+        try:
+            return instantiate(cfg.optimizer)
+        finally:
+            cfg.optimizer.params.model = None  # keep the config serialisable
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return LRMultiplier(
+            optimizer, multiplier=instantiate(cfg.lr_multiplier), max_iter=cfg.train.max_iter
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return instantiate(cfg.dataloader.train)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name=None):
+        return instantiate(cfg.dataloader.test)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name=None):
+        return instantiate(cfg.dataloader.evaluator)
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        if hasattr(model, "teacher") and cfg.train.get("eval_teacher", False):
+            ret.append(TeacherEvalHook(lambda teacher: self.test(self.cfg, teacher)))
+        ret.extend(self.build_extra_hooks())
+        if comm.is_main_process():
+            ret.append(
+                hooks.PeriodicCheckpointer(
+                    self.checkpointer,
+                    cfg.train.checkpointer.period,
+                    max_iter=cfg.train.max_iter,
+                    max_to_keep=cfg.train.checkpointer.get("max_to_keep"),
+                )
+            )
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        # Evaluation after checkpointing: if it fails, the checkpoint is there to debug with.
+        ret.append(hooks.EvalHook(cfg.train.eval_period, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period))
+            ret.append(ExportStudentHook(cfg))
+        return ret
+
+    def build_extra_hooks(self):
+        """Hooks that the model asks for (e.g. a distiller's periodic state update)."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        make = getattr(model, "build_hooks", None)
+        return list(make(self.cfg)) if make is not None else []
+
+    def build_writers(self):
+        from detectron2.engine.defaults import default_writers
+
+        return default_writers(self.cfg.train.output_dir, self.max_iter)
+
+    # ---- checkpoint / evaluation -----------------------------------------------------------
+    def resume_or_load(self, resume=True):
+        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+
+    def train(self):
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``."""
+        if "evaluator" not in cfg.dataloader:
+            return {}
+        evaluator = evaluators if evaluators is not None else cls.build_evaluator(cfg)
+        results = inference_on_dataset(model, cls.build_test_loader(cfg), evaluator)
+        if comm.is_main_process():
+            print_csv_format(results)
+        return results
+
+
+def current_iteration(default: int = 0) -> int:
+    """The trainer's iteration from the event storage, or ``default`` outside training."""
+    try:
+        return get_event_storage().iter
+    except AssertionError:
+        return default
+

@@ -1,0 +1,209 @@
+"""The frozen teacher: built from its own config, loaded with Detectron2's checkpointer.
+
+The teacher is deliberately *not* an ``nn.Module`` attribute of the student model: it stays out
+of ``parameters()``, ``state_dict()``, the optimizer and DDP, so student checkpoints are
+student-only by construction. The distillation meta-architectures move it with the student
+(``_apply``) and keep it in ``eval()`` whatever mode the student is put in.
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList
+
+from .modeling.parts import retinanet_head_outputs, roi_box_outputs, rpn_outputs
+from .modeling.records import DetectorRecord
+
+logger = logging.getLogger(__name__)
+
+#: Parts of the teacher a distiller may ask for (see ``Distiller.teacher_needs``).
+TEACHER_PARTS = ("features", "rpn", "roi", "head")
+
+
+def resolve_config_file(config_file: str) -> str:
+    """A path as given, else a Detectron2 model-zoo name (``COCO-Detection/…yaml``)."""
+    if os.path.isfile(config_file):
+        return config_file
+    try:
+        from detectron2 import model_zoo
+
+        return model_zoo.get_config_file(config_file)
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"teacher config '{config_file}' is neither a file nor a Detectron2 model-zoo config "
+            f"name; give a path to its .py/.yaml file"
+        ) from None
+
+
+def _is_yacs_yaml(path: str) -> bool:
+    import yaml
+
+    with open(path) as f:
+        content = yaml.safe_load(f) or {}
+    return "_BASE_" in content or "MODEL" in content
+
+
+def build_model_from_config_file(config_file: str, opts: Sequence[str] = ()) -> nn.Module:
+    """Build (but do not load) a model from a LazyConfig ``.py``/``.yaml`` or a yacs ``.yaml``."""
+    path = resolve_config_file(config_file)
+    if path.endswith(".yaml") and _is_yacs_yaml(path):
+        from .config import add_d2kd_config
+
+        cfg = get_cfg()
+        add_d2kd_config(cfg)
+        cfg.merge_from_file(path)
+        cfg.merge_from_list(list(opts))
+        cfg.MODEL.DEVICE = "cpu"
+        return build_model(cfg)
+    cfg = LazyConfig.load(path)
+    cfg = LazyConfig.apply_overrides(cfg, list(opts))
+    return instantiate(cfg.model)
+
+
+def load_weights(model: nn.Module, weights: str, *, what: str, strict: bool = True) -> None:
+    """Load ``weights`` with ``DetectionCheckpointer``; mismatches are an error unless not strict."""
+    if not weights:
+        raise ValueError(f"{what}: no weights file given; a frozen random {what} teaches nothing")
+    if not os.path.isfile(weights) and "://" not in weights:
+        raise FileNotFoundError(f"{what} weights file not found: {weights}")
+    checkpointer = DetectionCheckpointer(model)
+    try:
+        checkpoint = checkpointer._load_file(weights)
+    except Exception as e:
+        raise RuntimeError(f"{what} weights file {weights} could not be read ({type(e).__name__}: {e})") from e
+    if "model" not in checkpoint:
+        raise RuntimeError(f"{what} weights file {weights} holds no model state ('model' key missing)")
+    incompatible = checkpointer._load_model(checkpoint)
+    problems = []
+    if incompatible.incorrect_shapes:
+        shapes = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes[:3])
+        problems.append(f"{len(incompatible.incorrect_shapes)} shape mismatches ({shapes})")
+    if incompatible.missing_keys:
+        problems.append(
+            f"{len(incompatible.missing_keys)} missing keys (e.g. {incompatible.missing_keys[:3]})"
+        )
+    if incompatible.unexpected_keys:
+        problems.append(
+            f"{len(incompatible.unexpected_keys)} unexpected keys (e.g. {incompatible.unexpected_keys[:3]})"
+        )
+    if problems:
+        msg = f"{what} weights {weights} do not fit its config: " + "; ".join(problems)
+        if strict:
+            raise RuntimeError(msg + ". Check the config/weights pair (or pass strict=False).")
+        logger.warning(msg)
+
+
+class Teacher:
+    """A frozen detector that computes, without autograd, the parts distillers ask for."""
+
+    def __init__(self, model: nn.Module, *, config_file: str = "", weights: str = ""):
+        self.model = model
+        self.config_file = config_file
+        self.weights = weights
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    # ---- what it is -------------------------------------------------------------------------
+    @property
+    def input_format(self) -> str:
+        return getattr(self.model, "input_format", "BGR")
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.model.backbone.size_divisibility
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return detector_num_classes(self.model)
+
+    def output_shape(self):
+        return self.model.backbone.output_shape()
+
+    def parts(self) -> List[str]:
+        """The parts (of ``TEACHER_PARTS``) this teacher's architecture can produce."""
+        parts = ["features"]
+        if getattr(self.model, "proposal_generator", None) is not None:
+            parts.append("rpn")
+        if getattr(self.model, "roi_heads", None) is not None:
+            parts.append("roi")
+        if hasattr(self.model, "head") and hasattr(self.model.head, "cls_subnet"):
+            parts.append("head")
+        return parts
+
+    # ---- staying frozen ---------------------------------------------------------------------
+    def apply(self, fn) -> None:
+        """Follow the student's device/dtype moves (called from the student's ``_apply``)."""
+        self.model._apply(fn)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        # Frozen BN statistics and deterministic heads: the teacher never leaves eval mode.
+        self.model.eval()
+        return self
+
+    # ---- computing --------------------------------------------------------------------------
+    def normalize(self, images: List[Tensor], student_format: str, size_divisibility: int) -> ImageList:
+        """The teacher's own normalisation of the student's augmented (raw pixel) images."""
+        model = self.model
+        if self.input_format != student_format:
+            if {self.input_format, student_format} != {"RGB", "BGR"}:
+                raise ValueError(
+                    f"teacher input format {self.input_format} cannot be derived from the "
+                    f"student's {student_format}; only RGB<->BGR is supported"
+                )
+            images = [x.flip(0) for x in images]
+        images = [(x - model.pixel_mean) / model.pixel_std for x in images]
+        constraints = dict(getattr(model.backbone, "padding_constraints", {}) or {})
+        constraints["size_divisibility"] = size_divisibility
+        return ImageList.from_tensors(images, size_divisibility, padding_constraints=constraints)
+
+    @torch.no_grad()
+    def record(self, images: ImageList, needs: Sequence[str], student: DetectorRecord) -> DetectorRecord:
+        """Run only the teacher parts in ``needs`` on ``images``.
+
+        ``torch.no_grad`` rather than ``inference_mode``: inference tensors cannot be saved for
+        the student's backward (``s * t`` saves ``t``), and no graph is kept either way.
+        """
+        model = self.model
+        features: Dict[str, Tensor] = model.backbone(images.tensor)
+        out = DetectorRecord(images=images, features=features, gt_instances=student.gt_instances)
+        if "rpn" in needs:
+            out.rpn, _, _ = rpn_outputs(model.proposal_generator, images, features, proposals=False)
+        if "roi" in needs:
+            # Same sampled boxes as the student: box coordinates are in the shared image frame.
+            out.roi = roi_box_outputs(model.roi_heads, features, student.roi.proposals)
+        if "head" in needs:
+            out.head = retinanet_head_outputs(model, features)
+        return out
+
+
+def detector_num_classes(model: nn.Module) -> Optional[int]:
+    if hasattr(model, "num_classes"):
+        return model.num_classes
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None and hasattr(roi_heads, "num_classes"):
+        return roi_heads.num_classes
+    return None
+
+
+def build_teacher(
+    *, config_file: str, weights: str, opts: Sequence[str] = (), strict: bool = True
+) -> Teacher:
+    """Build a teacher from its own config file and weights (the LazyConfig target).
+
+    Args:
+        config_file: LazyConfig ``.py``/``.yaml``, yacs ``.yaml`` or a model-zoo config name.
+        weights: checkpoint for ``DetectionCheckpointer`` (``.pth`` or model-zoo ``.pkl``).
+        opts: overrides in the config's own syntax (``key=value`` lazy, ``KEY value`` yacs).
+        strict: missing/unexpected keys or shape mismatches are an error (else a warning).
+    """
+    model = build_model_from_config_file(config_file, opts)
+    load_weights(model, weights, what=f"teacher ({config_file})", strict=strict)
+    logger.info("Teacher built from %s with weights %s", config_file, weights)
+    return Teacher(model, config_file=config_file, weights=weights)
