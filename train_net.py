@@ -9,14 +9,14 @@ On a machine without GPUs, ``--num-gpus N`` runs N CPU processes over gloo.
 """
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, launch
 
 import d2kd  # noqa: F401  (registers d2kd's models, backbones, distillers and datasets)
 from d2kd.engine import Trainer
 from d2kd.engine.validate import ConfigError, load_config, validate_config
-from d2kd.export import student_model_config, student_state_dict
+from d2kd.checkpoint import ReportingCheckpointer
+from d2kd.export import DISTILLER_PREFIX, student_model_config
 
 
 def main(args):
@@ -25,10 +25,7 @@ def main(args):
     if args.eval_only:
         # The student alone: a distillation config's teacher is not needed to evaluate it.
         model = instantiate(student_model_config(cfg.model)).to(cfg.train.device)
-        checkpointer = DetectionCheckpointer(model)
-        checkpoint = checkpointer._load_file(cfg.train.init_checkpoint)
-        checkpoint["model"] = student_state_dict(checkpoint["model"])
-        checkpointer._load_model(checkpoint)
+        ReportingCheckpointer(model, drop_prefixes=(DISTILLER_PREFIX,)).load(cfg.train.init_checkpoint)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

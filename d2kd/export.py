@@ -21,7 +21,8 @@ import torch
 from omegaconf import OmegaConf
 
 from detectron2.config import LazyConfig, get_cfg
-from detectron2.config.lazy import _convert_target_to_string, locate
+from detectron2.config.lazy import _convert_target_to_string
+from detectron2.utils.registry import locate
 
 #: Prefix of the distillers' parameters inside a distillation model's state dict.
 DISTILLER_PREFIX = "distillers."
@@ -91,6 +92,8 @@ def load_predictor_config(path: str):
 def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
     """Write the student-only checkpoint, its LazyConfig and a DefaultPredictor config."""
     os.makedirs(output_dir, exist_ok=True)
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.resolve(cfg)  # the exported sections must not point into dropped ones
     checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
     state = checkpoint.get("model", checkpoint)
     student_weights = os.path.join(output_dir, "model_final.pth")

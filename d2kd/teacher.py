@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
@@ -72,14 +71,16 @@ def load_weights(model: nn.Module, weights: str, *, what: str, strict: bool = Tr
         raise ValueError(f"{what}: no weights file given; a frozen random {what} teaches nothing")
     if not os.path.isfile(weights) and "://" not in weights:
         raise FileNotFoundError(f"{what} weights file not found: {weights}")
-    checkpointer = DetectionCheckpointer(model)
+    from .checkpoint import ReportingCheckpointer
+
+    checkpointer = ReportingCheckpointer(model)
     try:
-        checkpoint = checkpointer._load_file(weights)
+        checkpointer.load(weights)
     except Exception as e:
         raise RuntimeError(f"{what} weights file {weights} could not be read ({type(e).__name__}: {e})") from e
-    if "model" not in checkpoint:
-        raise RuntimeError(f"{what} weights file {weights} holds no model state ('model' key missing)")
-    incompatible = checkpointer._load_model(checkpoint)
+    incompatible = checkpointer.incompatible
+    if incompatible is None:
+        raise RuntimeError(f"{what} weights file {weights} holds no model state")
     problems = []
     if incompatible.incorrect_shapes:
         shapes = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes[:3])

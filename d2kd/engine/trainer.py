@@ -7,7 +7,9 @@ writers with ETA, ``metrics.json``, TensorBoard) and only changes where each pie
 ``cfg.model``, ``cfg.optimizer``, ``cfg.lr_multiplier``, ``cfg.dataloader.{train,test,evaluator}``
 and ``cfg.train``, the layout of Detectron2's own LazyConfig baselines.
 """
+import copy
 import logging
+import os
 import weakref
 
 import torch
@@ -20,7 +22,7 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from .checkpoint import AtomicCheckpointer
+from ..checkpoint import AtomicCheckpointer
 from .hooks import ExportStudentHook, TeacherEvalHook
 
 logger = logging.getLogger(__name__)
@@ -82,7 +84,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name=None):
-        return instantiate(cfg.dataloader.evaluator)
+        evaluator = cfg.dataloader.evaluator
+        if "output_dir" not in evaluator and "train" in cfg:
+            # COCOEvaluator caches the COCO-format json of non-COCO datasets (shapes) there.
+            evaluator = copy.deepcopy(evaluator)
+            evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
+        return instantiate(evaluator)
 
     def build_hooks(self):
         cfg = self.cfg

@@ -41,3 +41,22 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+class ReportingCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer.load`` that keeps its report of incompatible keys
+    (``self.incompatible``), and can drop keys by prefix before loading (a distillation
+    checkpoint's ``distillers.`` adapters, when loading it into the plain student)."""
+
+    def __init__(self, model, *, drop_prefixes=(), **kwargs):
+        super().__init__(model, **kwargs)
+        self.drop_prefixes = tuple(drop_prefixes)
+        self.incompatible = None
+
+    def _load_model(self, checkpoint):
+        if self.drop_prefixes:
+            checkpoint["model"] = {
+                k: v for k, v in checkpoint["model"].items() if not k.startswith(self.drop_prefixes)
+            }
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible

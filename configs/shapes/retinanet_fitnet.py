@@ -1,0 +1,16 @@
+"""Shapes: RetinaNet student distilled with FitNet-style L2 imitation of every FPN level."""
+from detectron2.config import LazyCall as L
+
+from d2kd.distill import FeatureImitation
+from d2kd.modeling.meta_arch import DistillationRetinaNet
+from d2kd.teacher import build_teacher
+
+from .retinanet_student import dataloader, lr_multiplier, model, optimizer, train
+
+model._target_ = DistillationRetinaNet
+model.teacher = L(build_teacher)(
+    config_file="configs/shapes/retinanet_teacher.py",
+    weights="output/shapes/retinanet_teacher/model_final.pth",
+)
+model.distillers = [L(FeatureImitation)(in_features=["p3", "p4", "p5", "p6", "p7"], weight=1.0)]
+train.output_dir = "output/shapes/retinanet_fitnet"
