@@ -7,6 +7,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import pickle  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -47,7 +48,14 @@ def test_same_seed_and_index_give_identical_pixels_and_boxes():
 
 
 _CHILD = r"""
-import hashlib, json, importlib, sys
+import hashlib, json, importlib, pickle, sys
+# dicts of a split registered only in the parent: unpickling them must be enough to serve
+# their images (what a DataLoader worker started with spawn/forkserver does)
+dicts = pickle.loads(bytes.fromhex(sys.stdin.read()))
+assert "d2kd.data.shapes" in sys.modules
+from detectron2.data import detection_utils as utils
+im = utils.read_image(dicts[1]["file_name"], format="BGR")
+print("PICKLED", hashlib.sha256(im.tobytes()).hexdigest())
 import d2kd.data
 from d2kd.data import shapes
 from d2kd.data.shapes import render_shapes_image
@@ -72,12 +80,23 @@ print("RELOAD_OK", im2.shape)
 
 def test_identical_in_a_fresh_process_and_reimport_is_harmless():
     img, annos = render_shapes_image("shapes_val", 11)
+    name = "_test_pickled"
+    try:
+        register_shapes(name, num_images=2, seed=99, image_size=64)
+        dicts = DatasetCatalog.get(name)
+        payload = pickle.dumps(dicts, protocol=4).hex()
+        pickled_img = render_shapes_image(name, 1)[0]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+        shapes._SOURCES.pop(name, None)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _CHILD, "shapes_val", "11"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         input=payload, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert lines["PICKLED"] == hashlib.sha256(pickled_img.tobytes()).hexdigest()
     assert lines["DIGEST"] == _digest(img, annos)
     assert lines["RELOAD_OK"] == "(128, 128, 3)"
 

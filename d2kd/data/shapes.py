@@ -12,7 +12,9 @@ to Detectron2 through an iopath ``PathHandler`` registered with
 Paths
     ``shapes://<source>/<index:06d>.png``, where ``<source>`` is a split registered with
     :func:`register_shapes` (e.g. ``shapes_train``), or the self-describing form
-    ``shapes://seed<seed>_<size>px/<index>.png`` which needs no registration at all.
+    ``shapes://seed<seed>_<size>px/<index>.png`` which needs no registration at all. Dataset
+    dicts hold them as :class:`ShapesFileName` (a ``str``) whose unpickling imports this module
+    and re-declares the source, so ``spawn``/``forkserver`` DataLoader workers work too.
 
 Content (what the generator draws; see ``_sample_layout`` / ``_render_pixels``)
     * 8 classes of filled shapes (:data:`CLASS_NAMES`): circle, square, triangle, star, cross,
@@ -60,6 +62,7 @@ __all__ = [
     "CLASS_NAMES",
     "PREFIX",
     "ShapesPathHandler",
+    "ShapesFileName",
     "register_shapes",
     "render_shapes_image",
     "load_shapes_dicts",
@@ -432,8 +435,32 @@ def resolve_shapes_source(name: str) -> ShapesSource:
     )
 
 
+class ShapesFileName(str):
+    """A ``shapes://`` file name (a plain ``str`` to everything else) that survives being sent
+    to a process that never imported d2kd: unpickling it (e.g. in a DataLoader worker started
+    with ``spawn``/``forkserver``) imports this module, which registers the ``shapes://``
+    handler, and re-declares its source's seed and size there."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        try:
+            src = resolve_shapes_source(_parse_path(self)[0])
+        except (KeyError, FileNotFoundError):
+            src = None
+        spec = (src.seed, src.image_size, src.num_images) if src is not None else None
+        return (_restore_file_name, (str(self), spec))
+
+
+def _restore_file_name(path: str, spec) -> "ShapesFileName":
+    source, _ = _parse_path(path)
+    if spec is not None and source not in _SOURCES:
+        _SOURCES[source] = ShapesSource(*spec)
+    return ShapesFileName(path)
+
+
 def shapes_file_name(source: str, index: int) -> str:
-    return f"{PREFIX}{source}/{index:06d}.png"
+    return ShapesFileName(f"{PREFIX}{source}/{index:06d}.png")
 
 
 @functools.lru_cache(maxsize=64)
