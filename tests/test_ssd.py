@@ -541,3 +541,148 @@ def test_yacs_and_lazyconfig_build_the_same_model(arch):
     with torch.no_grad():
         ra, rb = a(x)[0]["instances"], b(x)[0]["instances"]
     assert torch.equal(ra.scores, rb.scores)
+
+
+# ---------------------------------------------------------------------------------- augmentation
+def test_ssd_photometric_transform_by_hand():
+    from d2kd.data.ssd_augmentation import SSDPhotometricTransform
+
+    img = np.random.RandomState(0).randint(0, 256, (8, 10, 3)).astype(np.uint8)
+    f = img.astype(np.float32)
+    out = SSDPhotometricTransform(brightness=20.0, contrast=1.4, contrast_first=True,
+                                  channel_perm=(2, 0, 1)).apply_image(img)
+    assert out.dtype == np.float32
+    assert np.allclose(out, ((f + 20.0) * 1.4)[:, :, [2, 0, 1]], atol=1e-4)
+    assert out.max() > 255  # not clipped, like ssd.pytorch
+    # saturation 1 and hue 0 round-trip through HSV: identity up to float error
+    same = SSDPhotometricTransform(saturation=1.0, hue=0.0).apply_image(img)
+    assert np.allclose(same, f, atol=1e-3)
+    # saturation 0 -> grey (all channels equal to V = max channel)
+    grey = SSDPhotometricTransform(saturation=0.0).apply_image(img)
+    assert np.allclose(grey, f.max(axis=2, keepdims=True).repeat(3, 2), atol=1e-3)
+    # a hue shift of 120 degrees on a pure red BGR pixel gives pure green; in RGB format the same
+    red_bgr = np.array([[[0, 0, 255]]], dtype=np.uint8)
+    g = SSDPhotometricTransform(hue=120.0, image_format="BGR").apply_image(red_bgr)
+    assert np.allclose(g, [[[0, 255, 0]]], atol=1e-2)
+    red_rgb = np.array([[[255, 0, 0]]], dtype=np.uint8)
+    g = SSDPhotometricTransform(hue=120.0, image_format="RGB").apply_image(red_rgb)
+    assert np.allclose(g, [[[0, 255, 0]]], atol=1e-2)
+
+
+def test_ssd_expand_and_center_crop_drop_boxes_through_detectron2_annotations():
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+    from detectron2.structures import BoxMode
+
+    from d2kd.data.ssd_augmentation import ExpandTransform, SSDCropTransform
+
+    img = np.full((20, 30, 3), 7, dtype=np.uint8)
+    e = ExpandTransform(left=5, top=3, new_w=40, new_h=30, fill=(1, 2, 3))
+    out = e.apply_image(img)
+    assert out.shape == (30, 40, 3) and (out[0, 0] == [1, 2, 3]).all() and (out[3, 5] == 7).all()
+    assert np.allclose(e.apply_box(np.array([[0.0, 0.0, 10.0, 10.0]])), [[5, 3, 15, 13]])
+
+    # crop x in [10, 40), y in [0, 30); box A centre (12, 5) inside, box B centre (5, 5) outside
+    # (but B overlaps the crop), box C partly outside -> clipped
+    crop = SSDCropTransform(10, 0, 30, 30, 60, 40)
+    tfms = T.TransformList([crop, T.ResizeTransform(30, 30, 60, 60)])
+    annos = [
+        {"bbox": [8.0, 0.0, 16.0, 10.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
+        {"bbox": [0.0, 0.0, 11.0, 10.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1},
+        {"bbox": [28.0, 20.0, 48.0, 38.0], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 2},
+    ]
+    annos = [utils.transform_instance_annotations(a, tfms, (60, 60)) for a in annos]
+    inst = utils.filter_empty_instances(utils.annotations_to_instances(annos, (60, 60)))
+    assert inst.gt_classes.tolist() == [0, 2]
+    assert np.allclose(inst.gt_boxes.tensor.numpy(), [[0, 0, 12, 20], [36, 40, 60, 60]])
+
+
+def test_ssd_min_iou_random_crop_constraints():
+    from d2kd.data.ssd_augmentation import SSDCropTransform, SSDMinIoURandomCrop, _iou_with_rect
+
+    np.random.seed(0)
+    img = np.zeros((100, 200, 3), dtype=np.uint8)
+    boxes = np.array([[20.0, 20.0, 60.0, 80.0], [120.0, 10.0, 190.0, 50.0]])
+    aug = SSDMinIoURandomCrop(constraint="all")
+    crops = 0
+    for _ in range(200):
+        t = aug.get_transform(img, boxes)
+        if not isinstance(t, SSDCropTransform):
+            continue
+        crops += 1
+        rect = np.array([t.x0, t.y0, t.x0 + t.w, t.y0 + t.h])
+        assert 0 <= rect[0] and rect[2] <= 200 and 0 <= rect[1] and rect[3] <= 100
+        assert t.w >= int(0.3 * 200) - 1 and t.h >= int(0.3 * 100) - 1
+        assert 0.5 - 0.02 <= t.h / t.w <= 2.0 + 0.05  # integer rounding of the rect
+        c = (boxes[:, :2] + boxes[:, 2:]) / 2
+        assert ((c[:, 0] > rect[0]) & (c[:, 0] < rect[2]) & (c[:, 1] > rect[1])
+                & (c[:, 1] < rect[3])).any()
+        assert _iou_with_rect(boxes, rect).min() >= 0  # free mode allows any overlap
+    assert 100 < crops < 200  # mode "whole image" has probability 1/6
+    assert type(aug.get_transform(img, np.zeros((0, 4)))).__name__ == "NoOpTransform"
+    # the IoU constraint, mode fixed to "min IoU 0.3": enforced by "all", never by ssd.pytorch's
+    # test (overlap.min() < min_iou and inf < overlap.max() is always false)
+    near = np.array([[20.0, 20.0, 100.0, 80.0], [60.0, 30.0, 120.0, 90.0]])
+    for constraint in ("all", "any", "ssd_pytorch"):
+        a = SSDMinIoURandomCrop(constraint=constraint, max_modes=5)
+        a.modes = [(0.3, None)]
+        ts = [a.get_transform(img, near) for _ in range(100)]
+        ts = [t for t in ts if isinstance(t, SSDCropTransform)]
+        assert len(ts) > 80
+        ious = np.array([_iou_with_rect(near, np.array([t.x0, t.y0, t.x0 + t.w, t.y0 + t.h]))
+                         for t in ts])
+        if constraint == "all":
+            assert (ious.min(axis=1) >= 0.3).all()
+        elif constraint == "any":
+            assert (ious.max(axis=1) >= 0.3).all() and (ious.min(axis=1) < 0.3).any()
+        else:
+            assert (ious.max(axis=1) < 0.3).any()
+
+
+def test_ssd_dataset_mapper_end_to_end(tmp_path):
+    import cv2
+    from detectron2.structures import BoxMode
+
+    from d2kd.data.ssd_augmentation import SSDDatasetMapper, ssd_train_augmentations
+
+    path = str(tmp_path / "img.png")
+    cv2.imwrite(path, np.random.RandomState(0).randint(0, 256, (60, 80, 3)).astype(np.uint8))
+    d = {"file_name": path, "height": 60, "width": 80, "image_id": 0, "annotations": [
+        {"bbox": [10, 10, 40, 50], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1},
+        {"bbox": [50, 5, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}]}
+    mapper = SSDDatasetMapper(is_train=True, augmentations=ssd_train_augmentations(64),
+                              image_format="BGR")
+    np.random.seed(1)
+    seen = 0
+    for _ in range(20):
+        out = mapper(d)
+        assert out["image"].shape == (3, 64, 64) and out["image"].dtype == torch.float32
+        b = out["instances"].gt_boxes.tensor
+        assert len(b) >= 1 and (b >= 0).all() and (b <= 64).all()
+        seen += len(b)
+    assert seen > 20  # both boxes usually survive
+    cfg = _yacs_cfg("mbv2")
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    test_out = SSDDatasetMapper(cfg, is_train=False)(d)
+    assert test_out["image"].shape == (3, 64, 64) and "instances" not in test_out
+
+
+# ------------------------------------------------------------------------------------- model cost
+def test_model_cost_tool():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "model_cost.py")
+    spec = importlib.util.spec_from_file_location("model_cost", path)
+    mc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc)
+    model = _tiny_mbv2_ssd()
+    r = mc.model_cost(model, image_size=128, n_runs=1, warmup=0)
+    assert set(r) == {"params_m", "gflops", "latency_ms", "latency_net_ms"}
+    assert r["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+    assert r["latency_ms"] > 0 and r["latency_net_ms"] > 0
+    # convolution flops scale with the pixel count: 256 px costs ~4x 128 px
+    g256 = mc.count_gflops(model, 256)
+    assert 3.5 < g256 / r["gflops"] < 4.5
+    table = mc.format_table({"tiny": r}, 128, 1)
+    assert "| tiny |" in table and "GFLOPs" in table
