@@ -1,0 +1,20 @@
+"""Shapes: Faster R-CNN student with LSHFM (l2) on the box head's output of the sampled proposals.
+
+The student's box head is 128-d, the teacher's 256-d: a linear student-side adapter 128 -> 256
+is added (the reference pairs have equal dims). β = 7 as in every Faster R-CNN run of the
+reference; hash bits 4·D = 1024, std = std of the teacher's cls_score weight."""
+from detectron2.config import LazyCall as L
+
+from d2kd.distill import LSHFM
+from d2kd.modeling.meta_arch import DistillationRCNN
+from d2kd.teacher import build_teacher
+
+from .faster_rcnn_student import dataloader, lr_multiplier, model, optimizer, train
+
+model._target_ = DistillationRCNN
+model.teacher = L(build_teacher)(
+    config_file="configs/shapes/faster_rcnn_teacher.py",
+    weights="output/shapes/faster_rcnn_teacher/model_final.pth",
+)
+model.distillers = [L(LSHFM)(mode="l2", weight=7.0)]
+train.output_dir = "output/shapes/faster_rcnn_lshfm_l2"

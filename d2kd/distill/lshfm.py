@@ -1,0 +1,259 @@
+"""LSHFM: mimicking the teacher's penultimate features with L2 and LSH (Wang, Ge, Wu, TPAMI 2021;
+METHODS.md §3).
+
+Reference: ``DoctorKey/LSHFM.detection`` (``src/model/KD/L2.py``, ``src/model/KD/LSH.py``,
+``src/model/faster_rcnn_KD.py``, ``src/model/retinanet_KD.py``, ``src/model/retinanet.py``).
+
+For matched feature vectors ``f_s, f_t ∈ R^D`` (rows of an R×D matrix), §3.1:
+
+- ``L_L2  = mean_{r,d} (f_s − f_t)²``                        (``nn.MSELoss(reduction='mean')``)
+- hash ``h(f) = W f + b``, ``W ∈ R^{N_h×D} ~ N(0, std²)``, ``b = 0``, frozen;
+  teacher bits ``y = 1[h(f_t) > 0]``;
+  ``L_LSH = mean_{r,k} BCEWithLogits(h(f_s), y)``
+- modes: ``l2``: β·L_L2; ``lsh``: β·L_LSH; ``lshl2``: β·(L_L2 + L_LSH)  (β = the distiller weight,
+  7 by default); the two terms are returned (and logged) separately and both get β.
+
+``std`` = std of the teacher's final classifier weight (``roi_heads.box_predictor.cls_score`` /
+RetinaNet ``head.cls_score``); ``N_h`` = 4·D (Faster R-CNN: 4096 for D = 1024), RetinaNet 4096
+(the scripts' ``--hash-num 4096``). W is a **buffer**: not trained, not in the optimizer, but in
+the state_dict so that a resumed run hashes with the same hyperplanes. It is drawn from a
+dedicated ``torch.Generator`` seeded with ``seed`` (the reference uses the global RNG).
+
+Where the features come from (§3.2):
+
+- Faster R-CNN: the box head's output (fc7 after ReLU, ``roi.box_features``) for the student's
+  sampled proposals; the teacher's box head runs on the same boxes.
+- RetinaNet: the classification tower's output (before ``cls_score``) of every level, unfolded
+  over 3×3 (``F.unfold``, padding 1) → D = C·9 per location, all levels concatenated. A location
+  is used unless all its A anchors are ignored (``gt_labels == −1``; the reference tests
+  ``matched_idx.reshape(-1, 9).sum(1) > −2·9``). Per image: the mean loss over its selected
+  locations; then summed over images and divided by ``n_img + 1e-7`` (n_img = images with a
+  selected location). As in the reference, an image without GT boxes is skipped (its matcher
+  output is empty there) — ``skip_images_without_gt``.
+
+Student and teacher dims may differ (d2kd extension; the reference pairs have equal dims): a
+linear adapter (Faster R-CNN, D_s → D_t) or a 1×1 conv (RetinaNet, C_s → C_t, before unfolding)
+is then added on the student side, trained with it and dropped at export. ``adapter="always"``
+forces one, ``"never"`` makes a mismatch an error.
+
+All losses are computed in fp32; a batch with nothing selected contributes a graph-keeping zero.
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import DISTILLER_REGISTRY, Distiller, float32, zero_loss
+
+__all__ = ["LSHFM", "lsh_loss", "l2_loss", "unfold_locations"]
+
+MODES = ("l2", "lsh", "lshl2")
+LSH_LOSSES = ("bce", "l2", "l1")
+
+
+def l2_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """``mean_{r,d} (f_s − f_t)²`` (``nn.MSELoss(reduction='mean')``)."""
+    return F.mse_loss(float32(f_s), float32(f_t), reduction="mean")
+
+
+def lsh_loss(f_s: Tensor, f_t: Tensor, weight: Tensor, bias: Optional[Tensor] = None, kind: str = "bce") -> Tensor:
+    """``mean_{r,k} BCEWithLogits(W f_s + b, 1[W f_t + b > 0])`` (or L2/L1 between the
+    projections, the reference's ``--LSH_loss L2|L1``)."""
+    hs = F.linear(float32(f_s), float32(weight), None if bias is None else float32(bias))
+    with torch.no_grad():
+        ht = F.linear(float32(f_t), float32(weight), None if bias is None else float32(bias))
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(hs, (ht > 0).float(), reduction="mean")
+    if kind == "l2":
+        return F.mse_loss(hs, ht, reduction="mean")
+    if kind == "l1":
+        return F.l1_loss(hs, ht, reduction="mean")
+    raise ValueError(f"LSHFM: lsh_loss must be one of {LSH_LOSSES}, got {kind!r}")
+
+
+def unfold_locations(x: Tensor) -> Tensor:
+    """(N, C, H, W) → (N, H*W, C*9): the 3×3 neighbourhood (padding 1) of every location, as
+    ``F.unfold(x, (3, 3), padding=1).transpose(1, 2)`` in the reference."""
+    return F.unfold(x, (3, 3), padding=1).transpose(1, 2)
+
+
+@DISTILLER_REGISTRY.register()
+class LSHFM(Distiller):
+    name = "lshfm"
+
+    def __init__(
+        self,
+        *,
+        mode: str = "lshl2",
+        hash_bits: Optional[int] = None,
+        std: Optional[float] = None,
+        lsh_loss: str = "bce",
+        seed: int = 0,
+        adapter: str = "auto",
+        skip_images_without_gt: bool = True,
+        weight: float = 7.0,
+        schedule=None,
+    ):
+        """
+        Args:
+            mode: ``"l2"`` | ``"lsh"`` | ``"lshl2"`` (§3.1; ``lshl2`` is the recommended LSH mode).
+            hash_bits: N_h; None = 4·D (Faster R-CNN) or 4096 (RetinaNet), as the reference runs.
+            std: std of the hash weights; None = std of the teacher's final classifier weight.
+            lsh_loss: ``"bce"`` (reference default) | ``"l2"`` | ``"l1"``.
+            seed: seed of the hash weights' generator.
+            adapter: ``"auto"`` (only if D_s ≠ D_t) | ``"always"`` | ``"never"``.
+            skip_images_without_gt: RetinaNet only: images without GT select nothing (reference).
+            weight: β (7; the RetinaNet VGG runs use 6 for lsh and 8 for lshl2).
+        """
+        super().__init__(weight=weight, schedule=schedule)
+        if mode not in MODES:
+            raise ValueError(f"LSHFM: mode must be one of {MODES}, got {mode!r}")
+        if lsh_loss not in LSH_LOSSES:
+            raise ValueError(f"LSHFM: lsh_loss must be one of {LSH_LOSSES}, got {lsh_loss!r}")
+        if adapter not in ("auto", "always", "never"):
+            raise ValueError(f"LSHFM: adapter must be 'auto', 'always' or 'never', got {adapter!r}")
+        if hash_bits is not None and hash_bits <= 0:
+            raise ValueError(f"LSHFM: hash_bits must be > 0, got {hash_bits}")
+        self.mode = mode
+        self.hash_bits = hash_bits
+        self.std = std
+        self.lsh_loss_kind = lsh_loss
+        self.seed = int(seed)
+        self.adapter_mode = adapter
+        self.skip_images_without_gt = bool(skip_images_without_gt)
+        self.on = None  # "roi" | "head"
+        self.adapter: Optional[nn.Module] = None
+        self.feature_dim = None
+
+    @property
+    def uses_hash(self) -> bool:
+        return self.mode in ("lsh", "lshl2")
+
+    @property
+    def uses_l2(self) -> bool:
+        return self.mode in ("l2", "lshl2")
+
+    # ---- building ---------------------------------------------------------------------------
+    def bind(self, student, teacher) -> None:
+        parts = getattr(student, "student_parts", ())
+        t = teacher.model
+        if "roi" in parts:
+            self.on = "roi"
+            d_s = student.roi_heads.box_head.output_shape.channels
+            d_t = t.roi_heads.box_head.output_shape.channels
+            classifier = t.roi_heads.box_predictor.cls_score.weight
+            what = "box-head output dim"
+        elif "head" in parts:
+            self.on = "head"
+            d_s = student.head.cls_score.in_channels
+            d_t = t.head.cls_score.in_channels
+            classifier = t.head.cls_score.weight
+            what = "classification-tower channels"
+        else:
+            raise ValueError(
+                f"LSHFM needs ROI box features or a RetinaNet head; {type(student).__name__} records {list(parts)}"
+            )
+        if d_s != d_t and self.adapter_mode == "never":
+            raise ValueError(
+                f"LSHFM: student {what} {d_s} but teacher {d_t}; use adapter='auto' to add a "
+                f"student-side {'linear' if self.on == 'roi' else '1x1 conv'} adapter"
+            )
+        if d_s != d_t or self.adapter_mode == "always":
+            if self.on == "roi":
+                self.adapter = nn.Linear(d_s, d_t)
+            else:
+                self.adapter = nn.Conv2d(d_s, d_t, kernel_size=1)
+                nn.init.kaiming_uniform_(self.adapter.weight, a=1)
+                nn.init.zeros_(self.adapter.bias)
+        self.feature_dim = d_t if self.on == "roi" else d_t * 9
+        if self.uses_hash:
+            n_h = self.hash_bits or (4 * self.feature_dim if self.on == "roi" else 4096)
+            std = float(classifier.detach().float().std()) if self.std is None else float(self.std)
+            if not std > 0:
+                raise ValueError(f"LSHFM: hash std must be > 0, got {std} (teacher classifier std)")
+            self.std = std
+            self.hash_bits = n_h
+            gen = torch.Generator().manual_seed(self.seed)
+            w = torch.randn(n_h, self.feature_dim, generator=gen) * std
+            dev = classifier.device
+            self.register_buffer("hash_weight", w.to(dev))
+            self.register_buffer("hash_bias", torch.zeros(n_h, device=dev))
+
+    def teacher_needs(self):
+        return {"features", self.on} if self.on else {"features"}
+
+    def student_needs(self):
+        return {self.on} if self.on else set()
+
+    # ---- computing --------------------------------------------------------------------------
+    def _terms(self, f_s: Tensor, f_t: Tensor) -> Dict[str, Tensor]:
+        out = {}
+        if self.uses_l2:
+            out["l2"] = l2_loss(f_s, f_t)
+        if self.uses_hash:
+            out["lsh"] = lsh_loss(f_s, f_t, self.hash_weight, self.hash_bias, self.lsh_loss_kind)
+        return out
+
+    def _zero_terms(self, ref: Tensor) -> Dict[str, Tensor]:
+        z = zero_loss(ref)
+        return {k: z for k in (["l2"] if self.uses_l2 else []) + (["lsh"] if self.uses_hash else [])}
+
+    def forward(self, student, teacher) -> Dict[str, Tensor]:
+        if self.on == "roi":
+            return self.forward_roi(student, teacher)
+        return self.forward_head(student, teacher)
+
+    def forward_roi(self, student, teacher) -> Dict[str, Tensor]:
+        f_s = student.roi.box_features
+        if self.adapter is not None:
+            f_s = self.adapter(f_s)
+        f_t = teacher.roi.box_features.detach()
+        if f_s.shape != f_t.shape:
+            raise ValueError(
+                f"LSHFM: student box features {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}; "
+                f"the teacher's box head must run on the student's sampled proposals"
+            )
+        if f_s.shape[0] == 0:
+            return self._zero_terms(f_s)
+        return self._terms(f_s, f_t)
+
+    def selected_locations(self, student) -> Tensor:
+        """(N, L) bool over all levels' locations: used unless all A anchors are ignored (−1);
+        images without GT select nothing when ``skip_images_without_gt``."""
+        head = student.head
+        labels = head.gt_labels  # (N, R), R = Σ H*W*A
+        n = labels.shape[0]
+        selected = ~(labels.view(n, -1, head.num_anchors) == -1).all(dim=2)
+        if self.skip_images_without_gt:
+            has_gt = torch.tensor([len(x) > 0 for x in student.gt_instances], device=labels.device)
+            selected = selected & has_gt[:, None]
+        return selected
+
+    def forward_head(self, student, teacher) -> Dict[str, Tensor]:
+        s_feats = student.head.cls_features
+        if self.adapter is not None:
+            s_feats = [self.adapter(x) for x in s_feats]
+        f_s = torch.cat([unfold_locations(float32(x)) for x in s_feats], dim=1)  # (N, L, D)
+        f_t = torch.cat([unfold_locations(float32(x.detach())) for x in teacher.head.cls_features], dim=1)
+        if f_s.shape != f_t.shape:
+            raise ValueError(
+                f"LSHFM: unfolded student tower features {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}"
+            )
+        selected = self.selected_locations(student)
+        if selected.shape != f_s.shape[:2]:
+            raise ValueError(
+                f"LSHFM: {selected.shape[1]} anchor locations but {f_s.shape[1]} feature locations"
+            )
+        sums: Dict[str, Tensor] = {}
+        n_img = 0
+        for i in range(f_s.shape[0]):
+            sel = selected[i]
+            if not bool(sel.any()):
+                continue
+            n_img += 1
+            for k, v in self._terms(f_s[i][sel], f_t[i][sel]).items():
+                sums[k] = v if k not in sums else sums[k] + v
+        if n_img == 0:
+            return self._zero_terms(f_s)
+        return {k: v / (n_img + 1e-7) for k, v in sums.items()}
