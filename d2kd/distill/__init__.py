@@ -4,5 +4,3 @@ from .feature_imitation import FeatureImitation  # noqa: F401
 from .soft_label import SoftLabelKD  # noqa: F401
 from .fgfi import FGFI  # noqa: F401
 from .lshfm import LSHFM  # noqa: F401
-from .adl import ADL  # noqa: F401
-from .gkd import GKD  # noqa: F401
