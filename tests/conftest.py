@@ -26,3 +26,51 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def d2():
     return pytest.importorskip("detectron2", reason=D2_MISSING)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: Overrides that make any shapes config a seconds-long CPU run.
+TINY = [
+    "dataloader.train.dataset.names=shapes_tiny_train",
+    "dataloader.test.dataset.names=shapes_tiny_val",
+    "dataloader.train.total_batch_size=2",
+    "train.log_period=1",
+    "train.eval_period=0",
+    "train.device=cpu",
+]
+
+
+def run_train_net(args, timeout=300, env=None):
+    """``python3 train_net.py ARGS`` from the repository root; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def read_metrics(output_dir):
+    import json
+
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_random_weights(config_file, path, overrides=()):
+    """Instantiate ``config_file``'s model with random init and save it for DetectionCheckpointer."""
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    torch.save({"model": model.state_dict()}, path)
+    return model

@@ -137,7 +137,8 @@ class Trainer(DefaultTrainer):
             self.start_iter = self.iter + 1
 
     def train(self):
-        super().train()
+        # DefaultTrainer.train would read the yacs key TEST.EXPECTED_RESULTS afterwards.
+        TrainerBase.train(self, self.start_iter, self.max_iter)
         return getattr(self, "_last_eval_results", None)
 
     @classmethod
