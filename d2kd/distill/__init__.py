@@ -4,3 +4,4 @@ from .feature_imitation import FeatureImitation  # noqa: F401
 from .soft_label import SoftLabelKD  # noqa: F401
 from .fgfi import FGFI  # noqa: F401
 from .lshfm import LSHFM  # noqa: F401
+from .adl import ADL  # noqa: F401
