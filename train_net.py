@@ -11,6 +11,8 @@ import sys
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import d2kd  # noqa: F401  (registers d2kd's models, backbones, distillers and datasets)
 from d2kd.engine import Trainer
@@ -22,6 +24,8 @@ from d2kd.export import DISTILLER_PREFIX, student_model_config
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    # d2kd's own loggers (teacher loading, distillers, hooks) go to the same console and log.txt.
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2kd", abbrev_name="d2kd")
     if args.eval_only:
         # The student alone: a distillation config's teacher is not needed to evaluate it.
         model = instantiate(student_model_config(cfg.model)).to(cfg.train.device)
