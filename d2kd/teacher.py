@@ -22,7 +22,9 @@ from .modeling.records import DetectorRecord
 logger = logging.getLogger(__name__)
 
 #: Parts of the teacher a distiller may ask for (see ``Distiller.teacher_needs``).
-TEACHER_PARTS = ("features", "rpn", "roi", "head")
+#: "ssd": an SSD teacher's per-prior logits/deltas/priors, recorded in ``extras["ssd"]``
+#: (:func:`d2kd.modeling.meta_arch.distill_ssd.ssd_outputs`).
+TEACHER_PARTS = ("features", "rpn", "roi", "head", "ssd")
 
 
 def resolve_config_file(config_file: str) -> str:
@@ -103,10 +105,21 @@ def load_weights(model: nn.Module, weights: str, *, what: str, strict: bool = Tr
 class Teacher:
     """A frozen detector that computes, without autograd, the parts distillers ask for."""
 
-    def __init__(self, model: nn.Module, *, config_file: str = "", weights: str = ""):
+    def __init__(
+        self, model: nn.Module, *, config_file: str = "", weights: str = "", autocast_dtype: Optional[str] = None
+    ):
+        """
+        Args:
+            autocast_dtype: run the teacher under ``torch.autocast`` in this dtype ("float16" or
+                "bfloat16"), e.g. on CUDA to halve its cost; its outputs then reach the losses in
+                that dtype and the distillers compute in fp32. ``None``: the model's own dtype.
+        """
         self.model = model
         self.config_file = config_file
         self.weights = weights
+        if autocast_dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(f"teacher autocast_dtype must be None, 'float16' or 'bfloat16', got {autocast_dtype!r}")
+        self.autocast_dtype = autocast_dtype
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -136,6 +149,8 @@ class Teacher:
             parts.append("roi")
         if hasattr(self.model, "head") and hasattr(self.model.head, "cls_subnet"):
             parts.append("head")
+        if hasattr(self.model, "prior_generator") and hasattr(self.model, "predict"):
+            parts.append("ssd")
         return parts
 
     # ---- staying frozen ---------------------------------------------------------------------
@@ -172,6 +187,13 @@ class Teacher:
         the student's backward (``s * t`` saves ``t``), and no graph is kept either way.
         """
         model = self.model
+        if self.autocast_dtype is not None:
+            dtype = getattr(torch, self.autocast_dtype)
+            with torch.autocast(images.tensor.device.type, dtype=dtype):
+                return self._record(model, images, needs, student)
+        return self._record(model, images, needs, student)
+
+    def _record(self, model, images: ImageList, needs: Sequence[str], student: DetectorRecord) -> DetectorRecord:
         features: Dict[str, Tensor] = model.backbone(images.tensor)
         out = DetectorRecord(images=images, features=features, gt_instances=student.gt_instances)
         if "rpn" in needs:
@@ -181,6 +203,10 @@ class Teacher:
             out.roi = roi_box_outputs(model.roi_heads, features, student.roi.proposals)
         if "head" in needs:
             out.head = retinanet_head_outputs(model, features)
+        if "ssd" in needs:
+            from .modeling.meta_arch.distill_ssd import ssd_outputs
+
+            out.extras["ssd"] = ssd_outputs(model, features)
         return out
 
 
@@ -194,7 +220,12 @@ def detector_num_classes(model: nn.Module) -> Optional[int]:
 
 
 def build_teacher(
-    *, config_file: str, weights: str, opts: Sequence[str] = (), strict: bool = True
+    *,
+    config_file: str,
+    weights: str,
+    opts: Sequence[str] = (),
+    strict: bool = True,
+    autocast_dtype: Optional[str] = None,
 ) -> Teacher:
     """Build a teacher from its own config file and weights (the LazyConfig target).
 
@@ -203,8 +234,9 @@ def build_teacher(
         weights: checkpoint for ``DetectionCheckpointer`` (``.pth`` or model-zoo ``.pkl``).
         opts: overrides in the config's own syntax (``key=value`` lazy, ``KEY value`` yacs).
         strict: missing/unexpected keys or shape mismatches are an error (else a warning).
+        autocast_dtype: see :class:`Teacher` (e.g. "float16" on CUDA).
     """
     model = build_model_from_config_file(config_file, opts)
     load_weights(model, weights, what=f"teacher ({config_file})", strict=strict)
     logger.info("Teacher built from %s with weights %s", config_file, weights)
-    return Teacher(model, config_file=config_file, weights=weights)
+    return Teacher(model, config_file=config_file, weights=weights, autocast_dtype=autocast_dtype)

@@ -378,3 +378,20 @@ def test_missing_teacher_weights_fail_before_training(tmp_path):
                           f"train.output_dir={tmp_path}"], timeout=120)
     assert proc.returncode == 2
     assert "train_net.py: error: model.teacher.weights: teacher weights file not found: /no/teacher.pth" in proc.stderr
+
+
+def test_teacher_autocast_dtype(teacher_weights):
+    cfg = load_cfg("retinanet", teacher_weights)
+    cfg.model.teacher.autocast_dtype = "bfloat16"  # CPU autocast supports bfloat16
+    model = instantiate(cfg.model).train()
+    batch = one_batch(cfg)
+    student_images, teacher_images = model.preprocess_pair(batch)
+    from d2kd.modeling.records import DetectorRecord
+
+    record = model.teacher.record(teacher_images, model.teacher_needs, DetectorRecord(images=student_images, features={}))
+    assert record.features["p3"].dtype == torch.bfloat16 and not record.features["p3"].requires_grad
+    with EventStorage(0):
+        losses = model(batch)
+    assert losses["loss_kd_fitnet_p3"].dtype == torch.float32 and torch.isfinite(losses["loss_kd_fitnet_p3"])
+    with pytest.raises(ValueError, match="autocast_dtype must be None, 'float16' or 'bfloat16'"):
+        build_teacher(config_file=EXPERIMENTS["retinanet"][0], weights=teacher_weights["retinanet"], autocast_dtype="fp8")
