@@ -5,3 +5,4 @@ from .soft_label import SoftLabelKD  # noqa: F401
 from .fgfi import FGFI  # noqa: F401
 from .lshfm import LSHFM  # noqa: F401
 from .adl import ADL  # noqa: F401
+from .chen2017 import Chen2017  # noqa: F401

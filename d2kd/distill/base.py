@@ -91,6 +91,13 @@ class Distiller(nn.Module):
         """Trainer hooks this method needs (e.g. a periodic state update); none by default."""
         return []
 
+    def detector_loss_scales(self) -> Dict[str, float]:
+        """``{detector loss key: factor}`` for the student's OWN losses (e.g. Chen et al.'s μ on
+        the hard classification loss); none by default. The meta-architecture multiplies
+        ``losses[key]`` by ``1 + schedule(iter) · (factor − 1)``: while the schedule has the
+        method off, the detector losses are untouched (``weight`` is not involved)."""
+        return {}
+
     # ---- computing --------------------------------------------------------------------------
     def forward(self, student: DetectorRecord, teacher: DetectorRecord) -> Dict[str, Tensor]:
         raise NotImplementedError

@@ -54,6 +54,6 @@ class DistillationRCNN(DistillationMixin, GeneralizedRCNN):
             if get_event_storage().iter % self.vis_period == 0:
                 self.visualize_training(batched_inputs, proposals)
         student = DetectorRecord(images=images, features=features, gt_instances=gt_instances, rpn=rpn, roi=roi)
-        losses = {**detector_losses, **proposal_losses}
+        losses = self.scale_detector_losses({**detector_losses, **proposal_losses})
         losses.update(self.distillation_losses(student, teacher_images))
         return losses

@@ -44,7 +44,8 @@ class DistillationRetinaNet(DistillationMixin, RetinaNet):
         head = retinanet_head_outputs(self, features)
         # RetinaNet.forward_training, with the GT matching kept in the record.
         gt_labels, gt_boxes = self.label_anchors(head.anchors, gt_instances)
-        losses = self.losses(head.anchors, head.cls_logits, gt_labels, head.box_deltas, gt_boxes)
+        losses = self.scale_detector_losses(
+            self.losses(head.anchors, head.cls_logits, gt_labels, head.box_deltas, gt_boxes))
         head.gt_labels, head.gt_boxes = torch.stack(gt_labels), torch.stack(gt_boxes)
         student = DetectorRecord(images=images, features=features, gt_instances=gt_instances, head=head)
         losses.update(self.distillation_losses(student, teacher_images))

@@ -127,6 +127,20 @@ class DistillationMixin:
                 losses[f"loss_kd_{d.name}_{term}"] = value.float() * factor
         return losses
 
+    def scale_detector_losses(self, losses: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Apply every distiller's ``detector_loss_scales()`` to the student's own losses."""
+        iteration = current_iteration()
+        for d in self.distillers:
+            on = d.schedule(iteration)
+            for key, factor in d.detector_loss_scales().items():
+                if key not in losses:
+                    raise KeyError(
+                        f"{d.name} scales the detector loss '{key}', but {type(self).__name__} "
+                        f"computes only {sorted(losses)}"
+                    )
+                losses[key] = losses[key] * (1.0 + on * (factor - 1.0))
+        return losses
+
     # ---- trainer integration ----------------------------------------------------------------
     def build_hooks(self, cfg) -> List:
         hooks = []

@@ -1,0 +1,33 @@
+"""Shapes SSD teacher: VGG16-SSD in the aligned (SSD-KD re-headed) layout at width_mult 0.25
+(all VGG/extra channels /4: 1.9 M parameters, 0.36 GFLOPs at 128 px), trained from scratch.
+
+Input: the 128-px shapes images through a fixed ``Resize((128, 128))`` (no-op size-wise), RGB,
+(img − 127) / 128, random flip (no ssd.pytorch photometric/expand/crop augmentation: short CPU
+runs converge faster without it; ``square_loaders(..., ssd_augmentation=True)`` turns it on).
+Priors (:data:`SHAPES_PRIORS`): the aligned layout's 6 sources (8, 4, 2, 1, 1, 1 at 128 px),
+6 priors/location (522 priors), sizes rescaled to the small shapes objects, centres from the
+feature maps (``steps=None``). Teacher and student share them (Chen et al. distils per prior).
+Optimizer: Adam (the reference's student optimizer) at lr 1e-3 (from scratch, batch 8).
+"""
+import torch
+
+from detectron2.config import LazyCall as L
+from detectron2.solver.build import get_default_optimizer_params
+
+from ..common.data.shapes import NUM_CLASSES, dataloader
+from ..common.models.ssd import square_loaders, ssd_priors, vgg16_ssd300
+from ..common.schedule import step_schedule, train
+
+SIZE = 128
+SHAPES_PRIORS = dict(image_size=SIZE, min_sizes=[16, 32, 52, 72, 92, 112],
+                     max_sizes=[32, 52, 72, 92, 112, 132], steps=None)
+
+dataloader = square_loaders(dataloader, SIZE, ssd_augmentation=False)
+model = vgg16_ssd300(layout="aligned", width_mult=0.25, num_classes=NUM_CLASSES,
+                     priors=ssd_priors("aligned", **SHAPES_PRIORS))
+optimizer = L(torch.optim.Adam)(params=L(get_default_optimizer_params)(), lr=1e-3)
+train.max_iter = 1500
+lr_multiplier = step_schedule(train.max_iter)
+train.eval_period = 500
+train.checkpointer.period = 500
+train.output_dir = "output/shapes/ssd_teacher"
