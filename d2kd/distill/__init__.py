@@ -5,4 +5,5 @@ from .soft_label import SoftLabelKD  # noqa: F401
 from .fgfi import FGFI  # noqa: F401
 from .lshfm import LSHFM  # noqa: F401
 from .adl import ADL  # noqa: F401
+from .gkd import GKD  # noqa: F401
 from .chen2017 import Chen2017  # noqa: F401

@@ -1,0 +1,7 @@
+"""COCO baseline (GKD's teacher): RetinaNet R101-FPN, 2x schedule (as retinanet_R50_2x.py,
+ImageNet init from Detectron2's MSRA R-101)."""
+from .retinanet_R50_2x import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.bottom_up.stages.depth = 101
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-101.pkl"
+train.output_dir = "output/coco/retinanet_R101_2x"

@@ -1,0 +1,25 @@
+"""Shapes: RetinaNet student distilled with GKD (ECCV 2022): PGM prototypes + RDM on P3-P7
+(robustness-weighted decoupled imitation, weighted soft labels on positive anchors).
+
+Only a two-stage GKD config is released: the one-stage path follows ``kd_one_stage_strategy.py``
+(instances = positive anchors, per-level point losses summed, softmax KD over the positive
+anchors' class logits). 128-px images: PGM boxes > 8 px, canonical size 14 (56 on COCO).
+The student starts from scratch here; set ``train.init_checkpoint=output/shapes/retinanet_student/
+model_final.pth`` for the paper's start from the trained student."""
+from detectron2.config import LazyCall as L
+
+from d2kd.distill import GKD
+from d2kd.modeling.meta_arch import DistillationRetinaNet
+from d2kd.teacher import build_teacher
+
+from .retinanet_student import dataloader, lr_multiplier, model, optimizer, train
+
+model._target_ = DistillationRetinaNet
+model.teacher = L(build_teacher)(
+    config_file="configs/shapes/retinanet_teacher.py",
+    weights="output/shapes/retinanet_teacher/model_final.pth",
+)
+model.distillers = [
+    L(GKD)(level_reduction="sum", canonical_size=14, pgm_min_box_size=8, pgm_max_images_per_class=40)
+]
+train.output_dir = "output/shapes/retinanet_gkd"

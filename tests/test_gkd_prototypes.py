@@ -1,0 +1,316 @@
+"""GKD's Prototype Generation Module: density filter, joint matching pursuit, instance selection,
+the trainer hook (empty classes, resume without recomputation)."""
+import math
+import os
+
+import pytest
+from conftest import D2_MISSING
+
+pytest.importorskip("detectron2", reason=D2_MISSING)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from d2kd.distill.gkd_prototypes import (  # noqa: E402
+    GKDPrototypeHook,
+    density,
+    density_candidates,
+    generate_prototypes,
+    joint_matching_pursuit,
+    pool_box_inclusive,
+    select_pgm_instances,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _unit(d, i):
+    v = torch.zeros(d)
+    v[i] = 1.0
+    return v
+
+
+# ---- density ----------------------------------------------------------------------------------
+def test_density_matches_direct_formula():
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(7, 5), dim=1)
+    rho = density(x, 0.1)
+    for i in range(7):
+        direct = sum(math.exp(-(((1 - float(x[i] @ x[j])) / 0.1) ** 2)) for j in range(7))
+        assert rho[i].item() == pytest.approx(direct, rel=1e-5)
+
+
+def test_density_candidates_hand_built_both_spaces_and_strict_threshold():
+    d = 8
+    # student: cluster A (0..4) on e0 -> rho 5; cluster B (5..7) on e1 -> rho 3; 8, 9 alone -> 1
+    xs = torch.stack([_unit(d, 0)] * 5 + [_unit(d, 1)] * 3 + [_unit(d, 2), _unit(d, 3)])
+    # teacher: same, except instance 4 leaves cluster A (rho 1); A keeps 0..3 (rho 4)
+    xt = torch.stack([_unit(d, 0)] * 4 + [_unit(d, 4)] + [_unit(d, 1)] * 3 + [_unit(d, 2), _unit(d, 3)])
+    # N = 10, index floor(0.4*10) = 4 of the ascending densities:
+    #   student [1,1,3,3,3,5,5,5,5,5] -> 3 (B sits exactly at the bound: excluded, strict '>')
+    #   teacher [1,1,1,3,3,3,4,4,4,4] -> 3
+    cand = density_candidates(xs, xt, sigma=0.1, quantile=0.4)
+    assert cand.tolist() == [0, 1, 2, 3]
+    # only the student space: A = 0..4
+    assert density_candidates(xs, xs).tolist() == [0, 1, 2, 3, 4]
+    # quantile 0 -> bound = the smallest density: everything denser than singletons
+    assert density_candidates(xs, xs, quantile=0.0).tolist() == list(range(8))
+
+
+def test_density_candidates_all_equal_is_empty():
+    x = torch.eye(4)
+    assert density_candidates(x, x).numel() == 0
+    assert density_candidates(x[:0], x[:0]).numel() == 0
+
+
+# ---- matching pursuit -------------------------------------------------------------------------
+def _reference_mp(xs, xt, cand, K, alpha):
+    """The reference's loop, literally (materialised (K, D, N) errors)."""
+    pa, pb = xs.t()[:, cand], xt.t()[:, cand]
+    ra, rb = xs.t().clone(), xt.t().clone()
+    Kc, N, Da, Db = pa.shape[1], xs.shape[0], xs.shape[1], xt.shape[1]
+    picked = []
+    for _ in range(K):
+        ia, ib = pa.t() @ ra, pb.t() @ rb
+        wa = (alpha * (ia + ib) + ia) / (1 + 2 * alpha)
+        wb = (alpha * (ia + ib) + ib) / (1 + 2 * alpha)
+        ea = pa.t().view(Kc, Da, 1) * wa.view(Kc, 1, N) - ra.view(1, Da, N)
+        eb = pb.t().view(Kc, Db, 1) * wb.view(Kc, 1, N) - rb.view(1, Db, N)
+        err = (ea**2).sum(-1).sum(-1) + (eb**2).sum(-1).sum(-1) + alpha * ((wa - wb) ** 2).sum(-1)
+        g = int(torch.argmin(err))
+        picked.append(int(cand[g]))
+        ra = ra - pa[:, g : g + 1] @ wa[g : g + 1]
+        rb = rb - pb[:, g : g + 1] @ wb[g : g + 1]
+    return picked
+
+
+def test_matching_pursuit_picks_known_atoms():
+    d = 6
+    # 5 instances on e0, 3 on e1, one on e2: e0 explains most, then e1; then only e2's residual
+    # is left, orthogonal to every candidate -> all errors tie -> the first candidate.
+    xs = torch.stack([_unit(d, 0)] * 5 + [_unit(d, 1)] * 3 + [_unit(d, 2)])
+    cand = torch.tensor([5, 6, 0, 1])  # an e1 candidate listed first, e0 ones after
+    picked = joint_matching_pursuit(xs, xs.clone(), cand, num_iters=3, alpha=10.0)
+    assert picked.tolist() == [0, 5, 5]
+
+
+def test_matching_pursuit_single_candidate_is_repeated_and_empty_gives_nothing():
+    x = F.normalize(torch.randn(5, 4), dim=1)
+    assert joint_matching_pursuit(x, x, torch.tensor([3]), num_iters=4).tolist() == [3, 3, 3, 3]
+    assert joint_matching_pursuit(x, x, torch.zeros(0, dtype=torch.long), num_iters=4).numel() == 0
+
+
+def test_matching_pursuit_joint_term_prefers_atoms_good_in_both_spaces():
+    d = 4
+    # Instance 0 is a perfect atom in the student space only; instance 1 is a good atom in both.
+    # Data: 3 copies of the common direction in both spaces; instance 0's student direction
+    # coincides with those in S but is orthogonal in T.
+    e0, e1, e2 = _unit(d, 0), _unit(d, 1), _unit(d, 2)
+    xs = torch.stack([e0, e0, e0, e0, e0])
+    a = F.normalize(e1 + 0.6 * e2, dim=0)
+    xt = torch.stack([e2, a, a, a, a])
+    cand = torch.tensor([0, 1])
+    picked, errors = joint_matching_pursuit(xs, xt, cand, num_iters=1, alpha=10.0, return_errors=True)
+    assert picked.tolist() == [1]
+    assert errors[0, 1] < errors[0, 0]
+
+
+def test_matching_pursuit_equals_reference_loop_on_random_data():
+    g = torch.Generator().manual_seed(3)
+    xs = F.normalize(torch.randn(40, 16, generator=g), dim=1)
+    xt = F.normalize(xs[:, :12] + 0.3 * torch.randn(40, 12, generator=g), dim=1)
+    cand = density_candidates(xs, xt, sigma=1.0)
+    assert cand.numel() > 3
+    ours = joint_matching_pursuit(xs.double(), xt.double(), cand, num_iters=10, alpha=10.0)
+    assert ours.tolist() == _reference_mp(xs.double(), xt.double(), cand, 10, 10.0)
+
+
+def test_generate_prototypes_returns_raw_features_of_picked_instances():
+    d = 5
+    base = torch.stack([_unit(d, 0)] * 4 + [_unit(d, 1)] * 2 + [_unit(d, 2)])
+    scale = torch.arange(1, 8, dtype=torch.float32)[:, None]  # norms 1..7: raw != normalised
+    fs, ft = base * scale, base * scale * 2
+    ps, pt, idx = generate_prototypes(fs, ft, num_prototypes=3)
+    assert idx.tolist()[0] in [0, 1, 2, 3]
+    assert torch.equal(ps, fs[idx]) and torch.equal(pt, ft[idx])
+    assert generate_prototypes(fs[:1], ft[:1]) is None  # one instance: no candidate
+    assert generate_prototypes(fs[:0], ft[:0]) is None
+
+
+# ---- pooling and selection ---------------------------------------------------------------------
+def test_pool_box_inclusive_crop():
+    f = torch.arange(2 * 6 * 8, dtype=torch.float32).view(2, 6, 8)
+    # ratio 1/4: box (5, 9, 13, 17.9) -> x 1..3, y 2..4 inclusive
+    out = pool_box_inclusive(f, torch.tensor([[5.0, 9.0, 13.0, 17.9]]), 0.25, 0.25)
+    assert torch.allclose(out[0], f[:, 2:5, 1:4].mean(dim=(1, 2)))
+    # degenerate: a single cell
+    out = pool_box_inclusive(f, torch.tensor([[4.0, 4.0, 4.0, 4.0]]), 0.25, 0.25)
+    assert torch.allclose(out[0], f[:, 1, 1])
+
+
+def _dicts():
+    from detectron2.structures import BoxMode
+
+    def ann(box, c, crowd=0):
+        return {"bbox": box, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": crowd}
+
+    return [
+        {"annotations": [ann([0, 0, 40, 40], 0), ann([0, 0, 31, 50], 1), ann([0, 0, 30.5, 31], 1)]},
+        {"annotations": [ann([0, 0, 30, 60], 0), ann([10, 10, 60, 60], 1, crowd=1)]},  # w = 30: out
+        {"annotations": [ann([5, 5, 45, 45], 0), ann([5, 5, 50, 45], 0)]},
+        {"annotations": [ann([5, 5, 45, 45], 0)]},
+        {"annotations": []},
+    ]
+
+
+def test_select_pgm_instances_size_filter_crowd_and_cap():
+    sel = select_pgm_instances(_dicts(), 3, min_box_size=30, max_images_per_class=800, seed=1)
+    assert [s[0] for s in sel] == [0, 2, 3]
+    assert sel[0][2].tolist() == [0, 1, 1]  # 30.5 x 31 > 30 both ways
+    assert sel[1][2].tolist() == [0, 0]
+    # cap: class 0 is in images 0, 2, 3 -> 2 of them chosen (deterministic); class 1 only in 0
+    a = select_pgm_instances(_dicts(), 3, min_box_size=30, max_images_per_class=2, seed=1)
+    b = select_pgm_instances(_dicts(), 3, min_box_size=30, max_images_per_class=2, seed=1)
+    assert [s[0] for s in a] == [s[0] for s in b]
+    n0 = sum(int((s[2] == 0).any()) for s in a)
+    assert n0 == 2
+    assert any(s[0] == 0 and 1 in s[2].tolist() for s in a)
+    # an image chosen only for class 1 does not contribute its class-0 boxes
+    for index, _, classes in a:
+        if index == 0 and 0 not in classes.tolist():
+            assert classes.tolist() == [1, 1]
+
+
+# ---- the hook on a real (tiny) distillation model ---------------------------------------------
+TINY = [
+    "dataloader.train.dataset.names=shapes_tiny_train",
+    "dataloader.test.dataset.names=shapes_tiny_val",
+    "dataloader.train.total_batch_size=2",
+    "train.log_period=1",
+    "train.eval_period=0",
+    "train.device=cpu",
+    "train.eval_teacher=False",
+]
+
+
+@pytest.fixture(scope="module")
+def shapes_cfg(tmp_path_factory):
+    from detectron2.config import LazyConfig, instantiate
+
+    tmp = tmp_path_factory.mktemp("gkd_pgm")
+    torch.manual_seed(0)
+    teacher = instantiate(LazyConfig.load(os.path.join(REPO, "configs/shapes/faster_rcnn_teacher.py")).model)
+    weights = str(tmp / "teacher.pth")
+    torch.save({"model": teacher.state_dict()}, weights)
+    cfg = LazyConfig.load(os.path.join(REPO, "configs/shapes/faster_rcnn_gkd.py"))
+    cfg = LazyConfig.apply_overrides(cfg, TINY + [f"model.teacher.weights={weights}", f"train.output_dir={tmp}/out"])
+    cfg.model.teacher.config_file = os.path.join(REPO, "configs/shapes/faster_rcnn_teacher.py")
+    return cfg, tmp
+
+
+class _FakeTrainer:
+    def __init__(self, model, iteration, max_iter=100):
+        self.model, self.iter, self.max_iter = model, iteration, max_iter
+
+
+def _model(cfg):
+    from detectron2.config import instantiate
+
+    torch.manual_seed(1)
+    return instantiate(cfg.model)
+
+
+def test_hook_fills_buffers_and_empty_class_keeps_previous(shapes_cfg):
+    cfg, _ = shapes_cfg
+    model = _model(cfg)
+    d = model.distillers[0]
+    d.pgm_period = 10
+    hook = GKDPrototypeHook(d, cfg)
+    hook.trainer = _FakeTrainer(model, 0)
+    hook.before_train()
+    assert hook.num_runs == 1 and int(d.proto_period) == 0
+    present = sorted({int(c) for _, _, cls in hook._selection for c in cls})
+    assert d.proto_valid[:, present].all()
+    # prototypes are raw features of instances: each teacher prototype row is one of the
+    # cached teacher instance features of its class at that level
+    c = present[0]
+    feats_t = torch.cat([hook._teacher_cache[i][torch.as_tensor(cls) == c] for i, _, cls in hook._selection])
+    for level in range(len(d.in_features)):
+        for row in d.proto_teacher[level, c]:
+            assert (feats_t[:, level] - row).abs().amax(dim=1).min() < 1e-6
+
+    # class `c` disappears from the data: its prototypes stay; the others are recomputed
+    before_s, before_t = d.proto_student.clone(), d.proto_teacher.clone()
+    sentinel = torch.full_like(d.proto_student[:, c], 7.0)
+    d.proto_student[:, c] = sentinel
+    full = hook._selection
+    hook._selection = [(i, b[cls != c], cls[cls != c]) for i, b, cls in full if (cls != c).any()]
+    t_cache = {i: hook._teacher_cache[i][torch.as_tensor(cls != c)] for i, _, cls in full if (cls != c).any()}
+    feats_s, _ = hook.extract(model, with_teacher=False)
+    hook.solve(feats_s, t_cache)
+    assert torch.equal(d.proto_student[:, c], sentinel)
+    assert torch.equal(d.proto_teacher[:, c], before_t[:, c])
+    assert d.proto_valid[:, c].all()
+    others = [k for k in present if k != c]
+    # the other classes were recomputed from the same student and data: same prototypes
+    assert torch.equal(d.proto_student[:, others], before_s[:, others])
+    # solving with a selection that has no instance at all changes nothing
+    snapshot = d.state_dict()
+    hook._selection = []
+    hook.solve({}, {})
+    for k, v in d.state_dict().items():
+        assert torch.equal(v, snapshot[k]), k
+
+
+def _gkd_hook(trainer):
+    hooks = [h for h in trainer._hooks if isinstance(h, GKDPrototypeHook)]
+    assert len(hooks) == 1
+    return hooks[0]
+
+
+def test_checkpoint_round_trip_and_resume_does_not_recompute(shapes_cfg):
+    from d2kd.engine import Trainer
+
+    from detectron2.config import LazyConfig
+
+    cfg, tmp = shapes_cfg
+
+    out = str(tmp / "resume")
+    cfg = LazyConfig.apply_overrides(
+        cfg, [f"train.output_dir={out}", "train.max_iter=2", "train.checkpointer.period=1",
+              "model.distillers.0.pgm_period=10"]
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    first = _gkd_hook(trainer)
+    assert first.num_runs == 1
+    d = trainer.model.distillers[0]
+    saved = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    for name in ("proto_student", "proto_teacher", "proto_valid", "proto_period"):
+        assert torch.equal(saved[f"distillers.0.{name}"], getattr(d, name)), name
+    assert int(saved["distillers.0.proto_period"]) == 0 and saved["distillers.0.proto_valid"].any()
+
+    # state_dict round trip into a fresh model
+    fresh = _model(cfg)
+    assert not fresh.distillers[0].proto_valid.any() and int(fresh.distillers[0].proto_period) == -1
+    fresh.load_state_dict(trainer.model.state_dict())
+    assert torch.equal(fresh.distillers[0].proto_teacher, d.proto_teacher)
+
+    # resume at iteration 2 of period 0 (period = 10): the prototypes come from the checkpoint
+    cfg2 = LazyConfig.apply_overrides(cfg, ["train.max_iter=3"])
+    resumed = Trainer(cfg2)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    assert _gkd_hook(resumed).num_runs == 0
+    assert torch.equal(resumed.model.distillers[0].proto_student, d.proto_student)
+
+    # a resume that starts a new period recomputes once
+    cfg3 = LazyConfig.apply_overrides(cfg, ["train.max_iter=4", "model.distillers.0.pgm_period=3"])
+    again = Trainer(cfg3)
+    again.resume_or_load(resume=True)
+    assert again.start_iter == 3
+    again.train()
+    assert _gkd_hook(again).num_runs == 1
+    assert int(again.model.distillers[0].proto_period) == 1
