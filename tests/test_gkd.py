@@ -353,6 +353,26 @@ def test_no_prototypes_gives_unit_weights_and_logs(tmp_path, caplog):
     assert out["point_bg"].item() == pytest.approx(4 * bg / 5, rel=1e-4)
 
 
+def test_gt_instances_when_proposals_do_not_replace_gt(tmp_path):
+    from detectron2.utils.events import EventStorage
+
+    cfg, model = _build("faster_rcnn", tmp_path, ["model.distillers.0.proposal_replace_gt=False",
+                                                  "model.distillers.0.attenuation=none"])
+    d = model.distillers[0]
+    _set_random_prototypes(d)
+    cap = _spy(d)
+    with EventStorage(0):
+        model(_batch(cfg))
+    s, t, out = cap["student"], cap["teacher"], cap["out"]
+    instances = [(b, box, c) for b, inst in enumerate(s.gt_instances)
+                 for box, c in zip(inst.gt_boxes.tensor.tolist(), inst.gt_classes.tolist())]
+    S = [s.features[f].detach() for f in d.in_features]
+    T = [t.features[f] for f in d.in_features]
+    fg, bg, _ = _ref_point_losses(d, S, T, instances, canonical=14)
+    assert out["point_fg"].item() == pytest.approx(fg / 5, rel=1e-4)
+    assert out["point_bg"].item() == pytest.approx(4 * bg / 5, rel=1e-4)
+
+
 def test_batch_without_objects_gives_finite_losses_and_global_option(tmp_path):
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
