@@ -88,8 +88,9 @@ def semi_supervised_dataset_dicts(
     The json categories must match the labeled set's ``thing_classes``.
     """
     names = [labeled] if isinstance(labeled, str) else list(labeled)
-    classes = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
     pool = list(get_detection_dataset_dicts(names, filter_empty=True)) if include_labeled else []
+    # read after loading: a COCO-json dataset sets its thing_classes when its dicts are loaded
+    classes = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
     n_labeled = len(pool)
     if isinstance(pseudo_label_files, str):
         pseudo_label_files = [pseudo_label_files]
