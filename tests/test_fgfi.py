@@ -3,6 +3,7 @@ from conftest import D2_MISSING
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
+import os  # noqa: E402
 import time  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -15,7 +16,7 @@ from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
-from d2kd.distill import FGFI, KDSchedule  # noqa: E402
+from d2kd.distill import FGFI  # noqa: E402
 from d2kd.distill.fgfi import fgfi_masks, init_adapter_weight, pairwise_iou_plus_one  # noqa: E402
 from d2kd.modeling.records import DetectorRecord, RPNRecord  # noqa: E402
 
@@ -367,3 +368,33 @@ def test_warmup_multiplies_by_zero(teachers):
         assert model(batch)["loss_kd_fgfi_imitation"].item() == 0.0
     with EventStorage(warm):
         assert model(batch)["loss_kd_fgfi_imitation"].item() > 0.0
+
+
+def test_visualize_tool_writes_one_png_per_level(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("visualize_fgfi_mask", "tools/visualize_fgfi_mask.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    written = tool.main(["--config-file", "configs/shapes/faster_rcnn_fgfi.py", "--output", str(tmp_path),
+                         "--dataset", "shapes_tiny_val", "--num-images", "1"])
+    levels = ["p2", "p3", "p4", "p5", "p6"]
+    assert sorted(os.path.basename(p) for p in written) == sorted([f"0_{lv}.png" for lv in levels] + ["0_all.png"])
+    img = Image.open(tmp_path / "0_p3.png")
+    assert img.size == (128, 128 + 14)
+    # the drawn masks are FGFI's: same anchors, same rule as the distiller
+    cfg = LazyConfig.load("configs/shapes/faster_rcnn_fgfi.py")
+    from d2kd.export import student_model_config
+
+    model = instantiate(student_model_config(cfg.model)).eval()
+    image = torch.zeros(3, 128, 128)
+    gt = torch.tensor([[10.0, 20.0, 50.0, 70.0], [90.0, 90.0, 100.0, 98.0]])
+    masks = tool.compute_masks(model, image, gt, in_features=levels)
+    feats = {lv: torch.zeros(1, 1, 128 // s, 128 // s) for lv, s in zip(levels, [4, 8, 16, 32, 64])}
+    anchors = model.proposal_generator.anchor_generator([feats[lv] for lv in levels])
+    direct = fgfi_masks(anchors, [tuple(feats[lv].shape[-2:]) for lv in levels], gt)
+    for lv, m in zip(levels, direct):
+        assert torch.equal(masks[lv][0], m)
+    assert sum(int(m.sum()) for m in direct) > 0
