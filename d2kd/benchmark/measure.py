@@ -1,0 +1,325 @@
+"""Speed, cost and memory measurements of the benchmark, each runnable in a fresh process.
+
+    python -m d2kd.benchmark.measure overhead --config KD.py --baseline STUDENT.py --output o.json [key=value ...]
+    python -m d2kd.benchmark.measure memory --config X.py --output m.json [key=value ...]
+    python -m d2kd.benchmark.measure cost --config T.py --config S.py --output c.json
+
+**Overhead** (:func:`measure_overhead`): one process, the same fixed batches, interleaved so a
+change of machine load hits both sides alike. Per iteration it times
+
+* ``t_kd``: the distillation model's forward (student + teacher parts asked for + losses) and
+  backward of the summed losses;
+* ``t_student``: the plain student's (the baseline config's model) forward + backward;
+* ``t_teacher``: the time spent in ``Teacher.record`` *inside* the KD iteration (features plus the
+  parts the distillers declared, under ``no_grad``) - the teacher work any KD method must pay.
+
+and reports medians after warm-up, ``overhead = t_kd / (t_student + t_teacher)`` (the part that is
+d2kd's own: losses, adapters, bookkeeping) and ``step_ratio = (t_kd + t_data) / (t_student +
+t_data)`` with ``t_data`` the data loader's time per batch: the ratio of the seconds per training
+iteration, which sets the equal-wall-clock baseline's length. No optimizer step is taken, so every
+iteration sees the same weights.
+
+**Memory** (:func:`measure_memory`): in a fresh process, the peak resident set size
+(``getrusage(RUSAGE_SELF).ru_maxrss``) after building the model and running training iterations,
+minus the resident size just before the model is built (after imports and the data loader's
+first batch). That is process memory (weights, activations, allocator caches, the teacher's
+weights when there is one), not torch's allocator alone. On CUDA ``torch.cuda.max_memory_allocated``
+is reported as well.
+
+**Cost** (:func:`measure_cost`): ``tools/model_cost.model_cost`` (params, fvcore GFLOPs = multiply-
+adds, median single-image CPU latency in eval mode) of each config's model (random weights; the
+numbers do not depend on them except NMS work in the full latency).
+"""
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load_cfg(config_file: str, overrides: Sequence[str] = ()):
+    from detectron2.config import LazyConfig
+
+    import d2kd  # noqa: F401
+
+    cfg = LazyConfig.load(config_file)
+    return LazyConfig.apply_overrides(cfg, [o for o in overrides if _applies(cfg, o)])
+
+
+def _applies(cfg, override: str) -> bool:
+    """``model.teacher.*`` overrides only apply to configs that have a teacher."""
+    from omegaconf import OmegaConf
+
+    key = override.split("=", 1)[0]
+    if key.startswith("model.teacher.") or key.startswith("model.distillers"):
+        return OmegaConf.select(cfg, "model.teacher", default=None) is not None
+    return True
+
+
+def _grad_step(model, batch) -> None:
+    losses = model(batch)
+    total = sum(losses.values())
+    total.backward()
+    for p in model.parameters():
+        p.grad = None
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _maxrss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
+        for v in vars(obj).values():
+            yield from _tensors(v)
+
+
+def measure_overhead(
+    config: str,
+    baseline: str,
+    overrides: Sequence[str] = (),
+    *,
+    n_iters: int = 10,
+    warmup: int = 2,
+    n_batches: int = 2,
+    seed: int = 0,
+    threads: int = 1,
+) -> Dict:
+    """Time KD vs plain-student iterations on the same fixed batches (see the module doc)."""
+    from detectron2.config import instantiate
+    from detectron2.utils.events import EventStorage
+
+    torch.set_num_threads(threads)
+    cfg = _load_cfg(config, overrides)
+    bcfg = _load_cfg(baseline, [o for o in overrides if not o.startswith("model.teacher.")])
+    torch.manual_seed(seed)
+    kd = instantiate(cfg.model)
+    kd.train()
+    torch.manual_seed(seed)
+    student = instantiate(bcfg.model)
+    student.train()
+    teacher = kd.teacher
+
+    loader = iter(instantiate(cfg.dataloader.train))
+    t_data = []
+    batches = []
+    for _ in range(max(n_batches, 1) + 1):
+        t0 = time.perf_counter()
+        batches.append(next(loader))
+        t_data.append(time.perf_counter() - t0)
+    batches = batches[1:]  # the first batch pays the loader's start-up
+    t_data = t_data[1:]
+
+    # Time the teacher inside the KD iteration, and check it keeps no autograd state.
+    record = teacher.record
+    teacher_times: List[float] = []
+    checks = {"grad_enabled_in_teacher": [], "teacher_outputs_require_grad": [], "teacher_parts_run": []}
+
+    def timed_record(images, needs, student_record):
+        t0 = time.perf_counter()
+        out = record(images, needs, student_record)
+        teacher_times.append(time.perf_counter() - t0)
+        checks["teacher_outputs_require_grad"].append(
+            any(t.requires_grad or t.grad_fn is not None for t in _tensors(
+                [out.features, out.rpn, out.roi, out.head])))
+        checks["teacher_parts_run"].append(
+            ["features"] + [p for p in ("rpn", "roi", "head") if getattr(out, p, None) is not None])
+        return out
+
+    teacher.record = timed_record
+    # ``record`` is decorated with torch.no_grad: probe the grad mode inside the teacher's backbone.
+    bb = teacher.model.backbone
+    probe = bb.register_forward_hook(
+        lambda m, i, o: checks["grad_enabled_in_teacher"].append(torch.is_grad_enabled()))
+    t_kd, t_student, t_teacher = [], [], []
+    try:
+        with EventStorage(0) as storage:
+            for i in range(warmup + n_iters):
+                storage.iter = i
+                batch = batches[i % len(batches)]
+                teacher_times.clear()
+                t0 = time.perf_counter()
+                _grad_step(kd, batch)
+                tk = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _grad_step(student, batch)
+                ts = time.perf_counter() - t0
+                if i >= warmup:
+                    t_kd.append(tk)
+                    t_student.append(ts)
+                    t_teacher.append(sum(teacher_times))
+    finally:
+        probe.remove()
+        del teacher.record
+    med = statistics.median
+    kd_ms, s_ms, t_ms, d_ms = (1000 * med(x) for x in (t_kd, t_student, t_teacher, t_data))
+    teacher_grads = [p.grad for p in teacher.model.parameters() if p.grad is not None]
+    return {
+        "config": config,
+        "baseline": baseline,
+        "n_iters": n_iters,
+        "warmup": warmup,
+        "n_batches": len(batches),
+        "batch_size": len(batches[0]),
+        "threads": threads,
+        "t_kd_ms": kd_ms,
+        "t_student_ms": s_ms,
+        "t_teacher_ms": t_ms,
+        "t_data_ms": d_ms,
+        "overhead_ratio": kd_ms / (s_ms + t_ms),
+        "step_ratio": (kd_ms + d_ms) / (s_ms + d_ms),
+        "teacher_needs": list(kd.teacher_needs),
+        "backbone_only": list(kd.teacher_needs) == ["features"],
+        "checks": {
+            "teacher_forward_grad_enabled": any(checks["grad_enabled_in_teacher"]),
+            "teacher_outputs_require_grad": any(checks["teacher_outputs_require_grad"]),
+            "teacher_params_with_grad": len(teacher_grads),
+            "teacher_params_requires_grad": sum(p.requires_grad for p in teacher.model.parameters()),
+            "teacher_in_eval_mode": not teacher.model.training,
+            "teacher_parts_run": checks["teacher_parts_run"][-1] if checks["teacher_parts_run"] else [],
+            "teacher_parts_available": teacher.parts(),
+        },
+        "raw_ms": {"kd": [1000 * x for x in t_kd], "student": [1000 * x for x in t_student],
+                   "teacher": [1000 * x for x in t_teacher]},
+    }
+
+
+def measure_memory(config: str, overrides: Sequence[str] = (), *, n_iters: int = 3, threads: int = 1) -> Dict:
+    """Peak RSS increase (MB) of building ``config``'s model and training ``n_iters`` steps.
+
+    Meant for a fresh process (``ru_maxrss`` is the peak over the process's life)."""
+    from detectron2.config import instantiate
+    from detectron2.utils.events import EventStorage
+
+    torch.set_num_threads(threads)
+    cfg = _load_cfg(config, overrides)
+    loader = iter(instantiate(cfg.dataloader.train))
+    batches = [next(loader) for _ in range(2)]
+    rss_before = _rss_mb()
+    peak_before = _maxrss_mb()
+    model = instantiate(cfg.model)
+    model.train()
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with EventStorage(0):
+        for i in range(n_iters):
+            _grad_step(model, batches[i % len(batches)])
+    peak = _maxrss_mb()
+    out = {
+        "config": config,
+        "has_teacher": hasattr(model, "teacher"),
+        "n_iters": n_iters,
+        "batch_size": len(batches[0]),
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak,
+        "peak_rss_increase_mb": peak - rss_before,
+        "peak_before_model_mb": peak_before,
+        "measured": "CPU: peak resident set size (getrusage ru_maxrss) minus the RSS before the model was built",
+    }
+    if cuda:
+        out["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _model_cost_fn():
+    spec = importlib.util.spec_from_file_location("d2kd_tools_model_cost", os.path.join(REPO, "tools", "model_cost.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.model_cost
+
+
+def measure_cost(configs: Sequence[str], overrides: Sequence[str] = (), *, image_size: int = 128,
+                 n_runs: int = 10, threads: int = 1) -> Dict[str, Dict]:
+    """``model_cost`` (params M, GFLOPs, latency ms per image) of each config's (student) model."""
+    import logging
+
+    from detectron2.config import instantiate
+
+    from ..export import student_model_config
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    torch.set_num_threads(threads)
+    model_cost = _model_cost_fn()
+    out = {}
+    for config in configs:
+        cfg = _load_cfg(config, overrides)
+        torch.manual_seed(0)
+        model = instantiate(student_model_config(cfg.model))
+        r = model_cost(model, image_size, n_runs)
+        r.update(image_size=image_size, threads=threads, n_runs=n_runs)
+        out[config] = r
+    return out
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="d2kd benchmark measurements (see the module doc)")
+    ap.add_argument("kind", choices=["overhead", "memory", "cost"])
+    ap.add_argument("--config", action="append", required=True)
+    ap.add_argument("--baseline", default=None)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_intermixed_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.kind == "overhead":
+        res = measure_overhead(args.config[0], args.baseline, args.overrides, n_iters=args.iters,
+                               warmup=args.warmup, threads=args.threads)
+    elif args.kind == "memory":
+        res = measure_memory(args.config[0], args.overrides, n_iters=args.iters, threads=args.threads)
+    else:
+        res = measure_cost(args.config, args.overrides, image_size=args.image_size, n_runs=args.iters,
+                           threads=args.threads)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output + ".tmp", "w") as f:
+        json.dump(_finite(res), f, indent=1)
+    os.replace(args.output + ".tmp", args.output)
+    print(json.dumps({k: v for k, v in res.items() if k != "raw_ms"} if args.kind != "cost" else res, indent=1))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        main()

@@ -1,0 +1,119 @@
+"""Which experiments the benchmark knows: (detector, method) -> distillation config.
+
+The table grows as methods land: a row whose config file does not exist yet is skipped with a
+printed note, and ``discover()`` also picks up any ``configs/shapes/<detector>_<method>.py`` that
+is not in the table (so a new method is benchmarked before anyone edits this file).
+
+Each detector names its plain student (the baseline) config; a row may name its own baseline
+when the method changes the data (ADL's few-labels student trains on ``shapes_train_500``).
+The teacher is never listed here: it is whatever the distillation config's ``model.teacher``
+says (``config_file`` + ``weights``), so the benchmark and ``train_net.py`` always agree.
+"""
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+SHAPES_DIR = "configs/shapes"
+
+#: detector -> its plain student config (the baseline of every method of that detector).
+DETECTORS: Dict[str, str] = {
+    "retinanet": f"{SHAPES_DIR}/retinanet_student.py",
+    "faster_rcnn": f"{SHAPES_DIR}/faster_rcnn_student.py",
+    "ssd": f"{SHAPES_DIR}/ssd_student.py",
+}
+
+#: (detector, method) -> (distillation config, baseline config or None for the detector's).
+EXPERIMENTS: Dict[Tuple[str, str], Tuple[str, Optional[str]]] = {
+    ("retinanet", "fitnet"): (f"{SHAPES_DIR}/retinanet_fitnet.py", None),
+    ("retinanet", "fgfi"): (f"{SHAPES_DIR}/retinanet_fgfi.py", None),
+    ("retinanet", "lshfm_l2"): (f"{SHAPES_DIR}/retinanet_lshfm_l2.py", None),
+    ("retinanet", "lshfm_lsh"): (f"{SHAPES_DIR}/retinanet_lshfm_lsh.py", None),
+    ("retinanet", "lshfm_lshl2"): (f"{SHAPES_DIR}/retinanet_lshfm_lshl2.py", None),
+    ("retinanet", "gkd"): (f"{SHAPES_DIR}/retinanet_gkd.py", None),
+    ("retinanet", "adl"): (f"{SHAPES_DIR}/retinanet_adl.py", f"{SHAPES_DIR}/retinanet_student_500.py"),
+    ("retinanet", "adl_semi"): (f"{SHAPES_DIR}/retinanet_adl_semi.py", f"{SHAPES_DIR}/retinanet_student_500.py"),
+    ("faster_rcnn", "softlabel"): (f"{SHAPES_DIR}/faster_rcnn_softlabel.py", None),
+    ("faster_rcnn", "fgfi"): (f"{SHAPES_DIR}/faster_rcnn_fgfi.py", None),
+    ("faster_rcnn", "lshfm_l2"): (f"{SHAPES_DIR}/faster_rcnn_lshfm_l2.py", None),
+    ("faster_rcnn", "lshfm_lsh"): (f"{SHAPES_DIR}/faster_rcnn_lshfm_lsh.py", None),
+    ("faster_rcnn", "lshfm_lshl2"): (f"{SHAPES_DIR}/faster_rcnn_lshfm_lshl2.py", None),
+    ("faster_rcnn", "gkd"): (f"{SHAPES_DIR}/faster_rcnn_gkd.py", None),
+    ("faster_rcnn", "chen2017"): (f"{SHAPES_DIR}/faster_rcnn_chen2017.py", None),
+    ("ssd", "chen2017"): (f"{SHAPES_DIR}/ssd_chen2017.py", None),
+    ("ssd", "fgfi"): (f"{SHAPES_DIR}/ssd_fgfi.py", None),
+}
+
+#: What ``--quick`` runs: one detector, one method whose teacher work is backbone-only (the
+#: 15-minute budget on 2 CPU cores holds 6 short runs: 2 seeds x baseline, FGFI, wall-clock baseline).
+QUICK_DETECTORS = ("retinanet",)
+QUICK_METHODS = ("fgfi",)
+
+#: Config name suffixes that are not distillation experiments.
+_NOT_METHODS = re.compile(r"^(teacher|student)(_.*)?$")
+
+
+@dataclass
+class Experiment:
+    detector: str
+    method: str
+    config: str
+    baseline: str
+    discovered: bool = False  # found by discover(), not in the EXPERIMENTS table
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.detector}/{self.method}"
+
+
+def _split_name(path: str) -> Optional[Tuple[str, str]]:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for det in sorted(DETECTORS, key=len, reverse=True):
+        if stem.startswith(det + "_"):
+            return det, stem[len(det) + 1:]
+    return None
+
+
+def discover(root: str = ".", shapes_dir: str = SHAPES_DIR) -> Dict[Tuple[str, str], Tuple[str, Optional[str]]]:
+    """The EXPERIMENTS table plus every ``<detector>_<method>.py`` found in ``shapes_dir``."""
+    table = dict(EXPERIMENTS)
+    for path in sorted(glob.glob(os.path.join(root, shapes_dir, "*.py"))):
+        split = _split_name(path)
+        if split is None or _NOT_METHODS.match(split[1]) or split in table:
+            continue
+        table[split] = (os.path.join(shapes_dir, os.path.basename(path)), None)
+    return table
+
+
+def select(
+    detectors: Optional[Sequence[str]] = None,
+    methods: Optional[Sequence[str]] = None,
+    *,
+    root: str = ".",
+    table: Optional[Dict] = None,
+    log=print,
+) -> List[Experiment]:
+    """The experiments to run, in table order; missing configs are skipped with a note."""
+    table = discover(root) if table is None else table
+    known_methods = sorted({m for _, m in table})
+    for m in methods or ():
+        if m not in known_methods:
+            log(f"[benchmark] note: method '{m}' has no config in the table or in {SHAPES_DIR} "
+                f"(known: {', '.join(known_methods)})")
+    out = []
+    for (det, method), (config, baseline) in table.items():
+        if detectors and det not in detectors:
+            continue
+        if methods and method not in methods:
+            continue
+        baseline = baseline or DETECTORS.get(det)
+        if not os.path.isfile(os.path.join(root, config)):
+            log(f"[benchmark] note: skipping {det}/{method}: {config} does not exist yet")
+            continue
+        if not baseline or not os.path.isfile(os.path.join(root, baseline)):
+            log(f"[benchmark] note: skipping {det}/{method}: its baseline config {baseline} does not exist")
+            continue
+        out.append(Experiment(det, method, config, baseline, discovered=(det, method) not in EXPERIMENTS))
+    return out

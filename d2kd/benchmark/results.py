@@ -1,0 +1,291 @@
+"""Read the runs' outputs, aggregate over seeds, and write ``results.json`` / ``results.md``.
+
+Every number in the report comes from a file under the benchmark's output folder (or the reused
+teacher's folder): a run's final evaluation is the last ``bbox/*`` entry of its ``metrics.json``;
+its training time is Detectron2's "Overall training speed" line of its ``log.txt`` (iterations
+only, evaluation and checkpoint hooks excluded); the teacher's AP is its eval-only run's
+``copypaste`` lines.
+"""
+import json
+import math
+import os
+import re
+import statistics
+from typing import Dict, Iterable, List, Optional
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+# ---- reading one run -------------------------------------------------------------------------
+def read_metrics(out_dir: str) -> List[Dict]:
+    path = os.path.join(out_dir, "metrics.json")
+    rows = []
+    if not os.path.isfile(path):
+        return rows
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    pass
+    return rows
+
+
+def final_eval(rows: List[Dict]) -> Optional[Dict[str, float]]:
+    for row in reversed(rows):
+        if "bbox/AP" in row:
+            return {m: _num(row.get(f"bbox/{m}")) for m in METRICS} | {"iteration": row.get("iteration")}
+    return None
+
+
+def curves(rows: List[Dict]) -> Dict[str, List]:
+    """Loss (``total_loss`` and each ``loss_*``) and AP against iteration."""
+    loss_it, loss = [], []
+    kd_loss = []
+    ap_it, ap = [], []
+    for row in rows:
+        if "total_loss" in row:
+            loss_it.append(row["iteration"])
+            loss.append(row["total_loss"])
+            kd_loss.append(sum(v for k, v in row.items() if k.startswith("loss_kd_")))
+        if "bbox/AP" in row:
+            ap_it.append(row["iteration"])
+            ap.append(_num(row["bbox/AP"]))
+    return {"loss_iter": loss_it, "total_loss": loss, "kd_loss": kd_loss, "ap_iter": ap_it, "ap": ap}
+
+
+_SPEED = re.compile(r"Overall training speed: (\d+) iterations in ([0-9:]+) \(([0-9.]+) s / it\)")
+_TOTAL = re.compile(r"Total training time: ([0-9:]+) \(([0-9:]+) on hooks\)")
+
+
+def _hms(s: str) -> float:
+    parts = [float(x) for x in s.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0.0)
+    return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+def train_time(out_dir: str) -> Dict[str, Optional[float]]:
+    """``s_per_iter`` and ``train_s`` (iterations only), ``total_s`` and ``hooks_s`` from log.txt."""
+    out = {"s_per_iter": None, "train_s": None, "total_s": None, "hooks_s": None}
+    path = os.path.join(out_dir, "log.txt")
+    if not os.path.isfile(path):
+        return out
+    with open(path, errors="ignore") as f:
+        text = f.read()
+    m = list(_SPEED.finditer(text))
+    if m:
+        n, hms, spi = m[-1].groups()
+        out["s_per_iter"] = float(spi)
+        out["train_s"] = _hms(hms)
+    m = list(_TOTAL.finditer(text))
+    if m:
+        out["total_s"], out["hooks_s"] = _hms(m[-1].group(1)), _hms(m[-1].group(2))
+    return out
+
+
+_COPY = re.compile(r"copypaste: (.*)$", re.M)
+
+
+def parse_copypaste(text: str) -> Optional[Dict[str, float]]:
+    """The bbox metrics from Detectron2's ``print_csv_format`` lines."""
+    lines = [m.group(1).strip() for m in _COPY.finditer(text)]
+    for i, line in enumerate(lines):
+        if line == "Task: bbox" and i + 2 < len(lines):
+            names = lines[i + 1].split(",")
+            values = lines[i + 2].split(",")
+            return {n: _num(v) for n, v in zip(names, values)}
+    return None
+
+
+def _num(x) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return x
+
+
+# ---- aggregation -----------------------------------------------------------------------------
+def mean_sd(values: Iterable[float]):
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return statistics.fmean(vals), sd, len(vals)
+
+
+def summarize_runs(runs: List[Dict]) -> Dict:
+    """Mean ± s.d. over seeds of each metric and of the training time of a list of runs."""
+    out = {"n": len([r for r in runs if r.get("eval")]), "seeds": [r["seed"] for r in runs if r.get("eval")]}
+    for m in METRICS:
+        mu, sd, _ = mean_sd((r["eval"] or {}).get(m) for r in runs if r.get("eval"))
+        out[m] = {"mean": mu, "sd": sd}
+    for k in ("train_s", "s_per_iter"):
+        mu, sd, _ = mean_sd((r.get("time") or {}).get(k) for r in runs)
+        out[k] = {"mean": mu, "sd": sd}
+    iters = sorted({r.get("iters") for r in runs if r.get("iters")})
+    out["iters"] = iters[0] if len(iters) == 1 else iters
+    return out
+
+
+def paired_gain(a_runs: List[Dict], b_runs: List[Dict], metric: str = "AP") -> Dict:
+    """Gain of ``a`` over ``b``: mean ± s.d. of the seed-matched differences of ``metric``."""
+    b_by_seed = {r["seed"]: r for r in b_runs if r.get("eval")}
+    diffs = [r["eval"][metric] - b_by_seed[r["seed"]]["eval"][metric]
+             for r in a_runs if r.get("eval") and r["seed"] in b_by_seed]
+    mu, sd, n = mean_sd(diffs)
+    return {"mean": mu, "sd": sd, "n_pairs": n}
+
+
+# ---- formatting ------------------------------------------------------------------------------
+def _f(x, nd=1, sign=False):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}"
+
+
+def _pm(stat, nd=1, sign=False):
+    if not stat or stat.get("mean") is None or math.isnan(stat["mean"]):
+        return "–"
+    s = _f(stat["mean"], nd, sign)
+    if stat.get("sd") and not math.isnan(stat["sd"]) and stat["sd"] > 0:
+        s += f" ± {stat['sd']:.{nd}f}"
+    return s
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(results: Dict, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(_jsonable(results), f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def markdown(results: Dict) -> str:
+    """The human report: accuracy per detector, targets, cost, overhead, memory, teacher checks."""
+    L: List[str] = []
+    s = results["settings"]
+    L.append("# d2kd embedded KD benchmark (shapes)\n")
+    L.append(f"Command: `{s['command']}`  ")
+    L.append(f"Machine: {s['machine']}  ")
+    L.append(f"Started {s['started']}, took {s.get('wall_clock', '?')} "
+             f"({s['n_parallel']} job(s) in parallel, {s['threads']} thread(s) each); "
+             f"load average at start {s.get('load_start', '?')}, at end {s.get('load_end', '?')}.  ")
+    L.append(f"Seeds: {', '.join(map(str, s['seeds']))}. Mean ± s.d. over seeds; gains are the mean ± s.d. "
+             "of seed-matched differences. AP is COCO box AP (%) on the validation split "
+             f"`{s.get('val_set', '?')}`.\n")
+    for det, d in results["detectors"].items():
+        L.append(f"## {det}\n")
+        t = d.get("teacher") or {}
+        L.append(f"Teacher `{t.get('config')}` (weights `{t.get('weights')}`, "
+                 f"{'reused' if t.get('reused') else 'trained by this benchmark'}); "
+                 f"baseline student `{d['baseline_config']}`.\n")
+        L.append("| model | iters | AP | AP50 | APs | gain AP (equal iters) | gap closure | "
+                 "gain AP (equal wall-clock) | train time (s) | s/iter |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        te = t.get("eval") or {}
+        L.append(f"| teacher | {t.get('iters', '–')} | {_f(te.get('AP'))} | {_f(te.get('AP50'))} | "
+                 f"{_f(te.get('APs'))} | | | | {_f(t.get('train_s'), 0)} | {_f(t.get('s_per_iter'), 3)} |")
+        for bname, b in d["baselines"].items():
+            bs = b["summary"]
+            L.append(f"| baseline student{'' if bname == 'default' else f' ({bname})'} | {bs['iters']} | "
+                     f"{_pm(bs['AP'])} | {_pm(bs['AP50'])} | {_pm(bs['APs'])} | | | | "
+                     f"{_pm(bs['train_s'], 0)} | {_pm(bs['s_per_iter'], 3)} |")
+        for m, r in d["methods"].items():
+            ms = r["summary"]
+            wc = r.get("wallclock") or {}
+            L.append(f"| **{m}** | {ms['iters']} | {_pm(ms['AP'])} | {_pm(ms['AP50'])} | {_pm(ms['APs'])} | "
+                     f"{_pm(r['gain_equal_iters'], sign=True)} | {_f(100 * r['gap_closure'], 0) + ' %' if r.get('gap_closure') is not None and not math.isnan(r['gap_closure']) else '–'} | "
+                     f"{_pm(r.get('gain_equal_wallclock'), sign=True)} | {_pm(ms['train_s'], 0)} | {_pm(ms['s_per_iter'], 3)} |")
+            if wc.get("summary"):
+                ws = wc["summary"]
+                L.append(f"| baseline, wall-clock of {m} (×{_f(wc.get('step_ratio'), 2)}) | {ws['iters']} | "
+                         f"{_pm(ws['AP'])} | {_pm(ws['AP50'])} | {_pm(ws['APs'])} | | | | "
+                         f"{_pm(ws['train_s'], 0)} | {_pm(ws['s_per_iter'], 3)} |")
+        L.append("")
+        L.append("Gap closure = (distilled − baseline) / (teacher − baseline), AP at equal iterations. "
+                 "The equal-wall-clock baseline trains round(iters × step ratio) iterations with the same "
+                 "LR schedule stretched (milestones and warm-up are fractions of `train.max_iter`); the step "
+                 "ratio is the KD/plain seconds-per-iteration ratio measured interleaved in one process on "
+                 "the same batches (data loading included), robust to the machine's load; the logged "
+                 "s/iter of the runs themselves is shown for comparison (runs share the machine).\n")
+        if d.get("failed"):
+            L.append("Failed or skipped runs: " + "; ".join(d["failed"]) + "\n")
+    tg = results.get("targets") or {}
+    if tg.get("checks"):
+        L.append("## Targets\n")
+        for c in tg["checks"]:
+            L.append(f"- {'PASS' if c['pass'] else 'FAIL'}: {c['what']} — measured {c['measured']}")
+        L.append("")
+    cost = results.get("cost") or {}
+    if cost:
+        L.append("## Cost (one image, CPU)\n")
+        L.append("| model | config | params (M) | GFLOPs (fvcore, multiply-adds) | latency (ms/img) |")
+        L.append("|---|---|---:|---:|---:|")
+        for name, c in cost.items():
+            L.append(f"| {name} | `{c.get('config')}` | {_f(c.get('params_m'), 3)} | {_f(c.get('gflops'), 3)} | "
+                     f"{_f(c.get('latency_ms'), 1)} |")
+        any_c = next(iter(cost.values()))
+        L.append(f"\n{any_c.get('image_size')}×{any_c.get('image_size')} input, {any_c.get('threads')} thread(s), "
+                 f"median of {any_c.get('n_runs')} eval-mode forwards incl. postprocessing "
+                 "(tools/model_cost.py, random weights).\n")
+    oh = results.get("overhead") or {}
+    if oh:
+        L.append("## Distillation overhead per training iteration\n")
+        L.append("| experiment | teacher parts run | t student (ms) | t teacher fwd (ms) | t KD iter (ms) | "
+                 "overhead = KD / (student + teacher) | t data (ms) | step ratio (wall-clock) |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        for key, o in oh.items():
+            if o.get("error"):
+                L.append(f"| {key} | failed: {o['error'][:120]} | | | | | | |")
+                continue
+            L.append(f"| {key} | {', '.join(o['teacher_needs'])} | {_f(o['t_student_ms'])} | {_f(o['t_teacher_ms'])} | "
+                     f"{_f(o['t_kd_ms'])} | {_f(o['overhead_ratio'], 3)} | {_f(o['t_data_ms'])} | {_f(o['step_ratio'], 3)} |")
+        o = next((v for v in oh.values() if not v.get("error")), None)
+        if o:
+            L.append(f"\nMedians of {o['n_iters']} interleaved iterations after {o['warmup']} warm-up ones, "
+                     f"on {o['n_batches']} fixed batches of {o['batch_size']} images, one process, "
+                     f"{o['threads']} thread(s); forward + backward, no optimizer step. 'teacher fwd' is the "
+                     "time spent in `Teacher.record` inside the KD iteration.\n")
+    mem = results.get("memory") or {}
+    if mem:
+        L.append("## Peak memory with and without the teacher\n")
+        L.append("| config | teacher | peak RSS increase (MB) | CUDA max allocated (MB) |")
+        L.append("|---|---|---:|---:|")
+        for key, m in mem.items():
+            if m.get("error"):
+                L.append(f"| {key} | failed: {m['error'][:120]} | | |")
+                continue
+            L.append(f"| {key} | {'yes' if m['has_teacher'] else 'no'} | {_f(m['peak_rss_increase_mb'], 0)} | "
+                     f"{_f(m.get('cuda_max_memory_allocated_mb'), 0)} |")
+        m = next((v for v in mem.values() if not v.get("error")), None)
+        if m:
+            L.append(f"\n{m['measured']}, fresh process per row, model build + {m['n_iters']} training "
+                     f"iterations of batch {m['batch_size']}.\n")
+    tc = results.get("teacher_checks") or {}
+    if tc:
+        L.append("## Is the teacher cheap?\n")
+        for line in tc.get("lines", []):
+            L.append(f"- {line}")
+        L.append("")
+    plots = results.get("plots") or []
+    if plots:
+        L.append("## Plots\n")
+        for p in plots:
+            L.append(f"![{os.path.splitext(p)[0]}]({p})")
+        L.append("")
+    L.append("## Files\n")
+    L.append("Every number above is in `results.json`; each run's folder (config, `metrics.json`, `log.txt`, "
+             "`benchmark_job.log`) is listed there under `runs`.")
+    return "\n".join(L) + "\n"

@@ -1,0 +1,165 @@
+"""tools/benchmark.py end to end on a micro setting, its measurements, and the visualise tool.
+
+One module-scoped benchmark run (RetinaNet + FitNet, 1 seed, 2 iterations, the tiny shapes
+splits, a teacher trained for 2 iterations into a temporary folder) is shared by the tests.
+"""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import D2_MISSING, REPO
+
+pytest.importorskip("detectron2", reason=D2_MISSING)
+
+MICRO = [
+    "--set", "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",
+    "dataloader.train.total_batch_size=2", "train.log_period=1",
+    # untrained models score below the 0.05 default: keep every detection so AP is a number
+    "model.test_score_thresh=0.0",
+    "--teacher-set", "train.max_iter=2",
+]
+
+
+def _benchmark(tmp, *extra, timeout=900):
+    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--methods", "fitnet",
+           "--detectors", "retinanet", "--seeds", "0", "--iters", "2", "--evals", "1", "--jobs", "2",
+           "--output", str(tmp / "bench"), "--teacher-root", str(tmp / "teachers"),
+           "--overhead-iters", "2", "--overhead-warmup", "1", "--memory-iters", "1", "--no-cost",
+           "--heartbeat", "1000", *MICRO, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    first = _benchmark(tmp)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return tmp, first
+
+
+def test_writes_results_md_json_and_plots(bench):
+    tmp, first = bench
+    out = tmp / "bench"
+    res = json.loads((out / "results.json").read_text())
+    for key in ("settings", "detectors", "overhead", "memory", "runs", "targets", "teacher_checks", "plots"):
+        assert key in res, key
+    d = res["detectors"]["retinanet"]
+    assert set(d["methods"]) == {"fitnet"}
+    m = d["methods"]["fitnet"]
+    assert [r["status"] for r in m["runs"]] == ["done"]
+    assert math.isfinite(m["runs"][0]["eval"]["AP"])
+    assert math.isfinite(d["baselines"]["default"]["runs"][0]["eval"]["AP"])
+    assert math.isfinite(d["teacher"]["eval"]["AP"])
+    # gain and the equal-wall-clock baseline, whose length is iters x the measured step ratio
+    assert m["gain_equal_iters"]["mean"] == pytest.approx(
+        m["runs"][0]["eval"]["AP"] - d["baselines"]["default"]["runs"][0]["eval"]["AP"])
+    wc = m["wallclock"]
+    assert wc["runs"][0]["iters"] == max(1, round(2 * wc["step_ratio"]))
+    assert wc["runs"][0]["status"] == "done"
+    # every run wrote its metrics and its folder is recorded
+    assert all(r["status"] == "done" for r in res["runs"]), [r for r in res["runs"] if r["status"] != "done"]
+    # the table: teacher, baseline and one row per method, with numbers
+    md = (out / "results.md").read_text()
+    assert re.search(r"^\| teacher \| 2 \| \d+\.\d \|", md, re.M), md
+    assert re.search(r"^\| baseline student \| 2 \| \d+\.\d \|", md, re.M), md
+    row = re.search(r"^\| \*\*fitnet\*\* \| 2 \| (\d+\.\d) \| .*$", md, re.M)
+    assert row, md
+    assert "wall-clock of fitnet" in md and "## Distillation overhead" in md
+    assert "## Peak memory" in md and "## Targets" in md
+    # PNGs open and are not empty
+    from PIL import Image
+
+    assert sorted(res["plots"]) == ["ap_curves.png", "ap_per_method.png", "loss_curves.png"]
+    for name in res["plots"]:
+        path = out / name
+        assert path.stat().st_size > 1000
+        with Image.open(path) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    # progress with an ETA after each job
+    assert re.search(r"\[benchmark\] \d+/\d+ jobs \| elapsed \d+:\d\d \| ETA", first.stdout)
+
+
+def test_overhead_measured_on_fixed_batches(bench):
+    tmp, _ = bench
+    res = json.loads((tmp / "bench" / "results.json").read_text())
+    o = res["overhead"]["retinanet/fitnet"]
+    assert o["n_batches"] == 2 and o["batch_size"] == 2 and o["n_iters"] == 2
+    assert len(o["raw_ms"]["kd"]) == len(o["raw_ms"]["student"]) == 2
+    for k in ("overhead_ratio", "step_ratio", "t_kd_ms", "t_student_ms", "t_teacher_ms"):
+        assert math.isfinite(o[k]) and o[k] > 0, (k, o[k])
+    assert o["overhead_ratio"] == pytest.approx(o["t_kd_ms"] / (o["t_student_ms"] + o["t_teacher_ms"]))
+    assert o["teacher_needs"] == ["features"] and o["backbone_only"]
+    c = o["checks"]
+    assert not c["teacher_forward_grad_enabled"] and not c["teacher_outputs_require_grad"]
+    assert c["teacher_params_with_grad"] == 0 and c["teacher_params_requires_grad"] == 0
+    assert c["teacher_parts_run"] == ["features"]  # FitNet needs no teacher head
+    mem = res["memory"]
+    assert {k: v["has_teacher"] for k, v in mem.items()} == {
+        "configs/shapes/retinanet_student.py": False, "configs/shapes/retinanet_fitnet.py": True}
+    assert all(v["peak_rss_increase_mb"] > 0 for v in mem.values())
+
+
+def test_cost_of_teacher_and_student():
+    from d2kd.benchmark.measure import measure_cost
+
+    t, s = (os.path.join(REPO, "configs/shapes", f) for f in ("retinanet_teacher.py", "retinanet_fitnet.py"))
+    cost = measure_cost([t, s], image_size=64, n_runs=1)
+    assert cost[t]["params_m"] > 10 * cost[s]["params_m"] > 0  # the fitnet config's student, no adapters
+    assert cost[t]["gflops"] > cost[s]["gflops"] > 0
+    assert cost[t]["latency_ms"] > 0 and cost[s]["latency_ms"] > 0
+
+
+def test_second_call_reuses_teacher_and_runs(bench):
+    tmp, _ = bench
+    weights = tmp / "teachers" / "retinanet_teacher" / "model_final.pth"
+    mtime = weights.stat().st_mtime
+    second = _benchmark(tmp)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "reusing" in second.stdout and str(weights) in second.stdout
+    assert "start teacher:" not in second.stdout
+    assert weights.stat().st_mtime == mtime
+    # finished student runs with the same command line are reused too
+    assert "start kd:" not in second.stdout and "reused kd:retinanet:fitnet:s0" in second.stdout
+    res = json.loads((tmp / "bench" / "results.json").read_text())
+    assert res["detectors"]["retinanet"]["teacher"]["reused"] is True
+
+
+def test_visualize_predictions_from_benchmark(bench):
+    tmp, _ = bench
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import visualize_predictions
+    finally:
+        sys.path.pop(0)
+    paths = visualize_predictions.main(["--from-benchmark", str(tmp / "bench"), "--num", "1", "--score-thresh", "0.0",
+                                        "--output", str(tmp / "vis")])
+    assert len(paths) == 1
+    from PIL import Image
+
+    with Image.open(paths[0]) as im:
+        # GT + teacher + baseline + fitnet panels side by side (no FGFI mask: FitNet ran)
+        assert im.size[0] > 3 * im.size[1]
+
+
+def test_registry_skips_missing_configs_and_discovers_new_ones(tmp_path):
+    from d2kd.benchmark import registry
+
+    (tmp_path / "configs" / "shapes").mkdir(parents=True)
+    for name in ("retinanet_student.py", "retinanet_teacher.py", "retinanet_fgfi.py", "retinanet_newkd.py",
+                 "retinanet_student_500.py"):
+        (tmp_path / "configs" / "shapes" / name).write_text("")
+    notes = []
+    exps = registry.select(["retinanet"], None, root=str(tmp_path), log=notes.append)
+    keys = [e.key for e in exps]
+    assert keys == ["retinanet/fgfi", "retinanet/newkd"]  # fitnet etc. do not exist here: skipped
+    assert exps[1].discovered and not exps[0].discovered
+    assert any("retinanet/fitnet" in n and "does not exist yet" in n for n in notes)
+    # ADL's baseline is the few-labels student
+    (tmp_path / "configs" / "shapes" / "retinanet_adl.py").write_text("")
+    adl = registry.select(["retinanet"], ["adl"], root=str(tmp_path), log=notes.append)
+    assert adl[0].baseline.endswith("retinanet_student_500.py")

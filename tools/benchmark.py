@@ -1,0 +1,549 @@
+#!/usr/bin/env python3
+"""The embedded KD benchmark: what each distillation method buys on the shapes set.
+
+    python tools/benchmark.py --quick            # RetinaNet, FGFI + FitNet, 2 seeds (the quick start)
+    python tools/benchmark.py                    # full: every detector and method in the table, 3 seeds
+    python tools/benchmark.py --detectors retinanet --methods fgfi gkd --seeds 0 1 --jobs 2
+    python tools/benchmark.py --list             # what would run (and which configs are missing)
+
+Steps (each a subprocess, ``--jobs`` at a time, failures isolated and reported):
+
+1. the teacher of each detector, trained once with ``train_net.py`` into the folder of the
+   distillation config's ``model.teacher.weights`` (``output/shapes/<teacher>/``) and reused
+   whenever that ``model_final.pth`` exists; then evaluated (eval-only) on the validation split;
+2. the baseline student and one distilled student per method and seed (``train.seed=<s>``), all
+   evaluated at the end (and ``--evals`` times along the way for the AP curves);
+3. the distillation overhead per method (:mod:`d2kd.benchmark.measure`, fixed batches,
+   interleaved); its step ratio sets the **equal wall-clock** baseline: the student trained
+   ``round(iters x step ratio)`` iterations with the LR schedule stretched to that length;
+4. params / GFLOPs / CPU latency of teacher and student, peak memory with and without teacher;
+5. ``results.md``, ``results.json`` and PNG plots in ``--output``.
+
+The experiment table is :mod:`d2kd.benchmark.registry` (plus every ``configs/shapes/<detector>_
+<method>.py`` found); rows whose config does not exist yet are skipped with a note.
+Re-running with the same ``--output`` reuses finished runs (same command line) unless ``--rerun``.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from d2kd.benchmark import registry  # noqa: E402
+from d2kd.benchmark.results import (  # noqa: E402
+    curves,
+    final_eval,
+    markdown,
+    paired_gain,
+    parse_copypaste,
+    read_metrics,
+    summarize_runs,
+    train_time,
+    write_json,
+)
+from d2kd.benchmark.runner import Job, Scheduler, fmt_s, python_cmd  # noqa: E402
+
+TRAIN_NET = os.path.join(REPO, "train_net.py")
+#: Relative cost of one iteration (student iteration = 1) for the ETA before anything is measured.
+COST_GUESS = {"baseline": 1.0, "distilled": 2.5, "wallclock": 2.5, "teacher": 7.0}
+EVAL_COST = 40.0  # one evaluation of a student on shapes_val, in student iterations
+
+QUICK = dict(detectors=list(registry.QUICK_DETECTORS), methods=list(registry.QUICK_METHODS), seeds=[0, 1],
+             iters=600, evals=1)
+FULL = dict(detectors=None, methods=None, seeds=[0, 1, 2], iters=None, evals=4)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="RetinaNet, FGFI, 2 seeds, 600 student iterations")
+    mode.add_argument("--full", action="store_true", help="every detector and method, 3 seeds (default)")
+    ap.add_argument("--detectors", nargs="+", help=f"subset of {sorted(registry.DETECTORS)}")
+    ap.add_argument("--methods", nargs="+", help="subset of the methods in the table")
+    ap.add_argument("--seeds", nargs="+", type=int)
+    ap.add_argument("--iters", type=int, help="student iterations (default: the student config's train.max_iter)")
+    ap.add_argument("--evals", type=int, help="evaluations per student run (the last at the end)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--output", help="output folder (default output/benchmark/<quick|full>)")
+    ap.add_argument("--teacher-root", help="train/reuse teachers in ROOT/<teacher dir name>/ instead of the "
+                    "folder of the configs' model.teacher.weights")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    ap.add_argument("--student-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for the student runs (baseline, distilled, wall-clock) only")
+    ap.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides for the teacher's training and evaluation only")
+    ap.add_argument("--no-wallclock", action="store_true", help="skip the equal-wall-clock baselines")
+    ap.add_argument("--no-cost", action="store_true", help="skip params/GFLOPs/latency")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--overhead-iters", type=int, default=10)
+    ap.add_argument("--overhead-warmup", type=int, default=3)
+    ap.add_argument("--memory-iters", type=int, default=3)
+    ap.add_argument("--cost-runs", type=int, default=10)
+    ap.add_argument("--rerun", action="store_true", help="do not reuse finished runs (the teacher is still reused)")
+    ap.add_argument("--list", action="store_true", help="print the plan and exit")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="run only the baseline students (they need no teacher: start them while it trains); "
+                         "a later full call reuses them")
+    ap.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines during runs")
+    args = ap.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    args.mode = "quick" if args.quick else "full"
+    args.detectors = args.detectors or preset["detectors"]
+    args.methods = args.methods or preset["methods"]
+    args.seeds = args.seeds if args.seeds is not None else preset["seeds"]
+    args.evals = args.evals or preset["evals"]
+    args.iters = args.iters or preset["iters"]
+    args.output = args.output or os.path.join("output", "benchmark", args.mode)
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- planning ----------------------------------------------------------------------------------
+def _load(config: str, overrides=()):
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.load(os.path.join(REPO, config) if not os.path.isabs(config) else config)
+    return LazyConfig.apply_overrides(cfg, [o for o in overrides if not o.startswith("model.teacher.")])
+
+
+def _teacher_of(config: str, teacher_root: Optional[str]):
+    cfg = _load(config)
+    t = cfg.model.teacher
+    weights = t.weights
+    if teacher_root:
+        weights = os.path.join(teacher_root, os.path.basename(os.path.dirname(weights)), "model_final.pth")
+    return t.config_file, weights, list(t.get("opts", []) or [])
+
+
+def _name(s: str) -> str:
+    return s.replace("/", "_").replace(":", "_")
+
+
+def train_cmd(config: str, overrides: List[str]) -> List[str]:
+    return python_cmd(TRAIN_NET, "--config-file", config, *overrides)
+
+
+def run_overrides(out_dir: str, seed: int, iters: int, evals: int, args) -> List[str]:
+    return [
+        f"train.seed={seed}",
+        f"train.output_dir={out_dir}",
+        f"train.max_iter={iters}",
+        f"train.eval_period={max(1, math.ceil(iters / max(evals, 1)))}",
+        "train.checkpointer.period=1000000000",
+        *args.set,
+        *args.student_set,
+    ]
+
+
+class Plan:
+    def __init__(self, args):
+        self.args = args
+        self.out = os.path.abspath(args.output)
+        self.jobs: List[Job] = []
+        self.experiments = registry.select(args.detectors, args.methods, root=REPO, log=log)
+        self.detectors: Dict[str, Dict] = {}
+        self.teachers: Dict[str, Dict] = {}  # weights -> info
+        self._build()
+
+    def add(self, job: Job) -> Job:
+        if not self.args.rerun and job.kind in ("baseline", "distilled", "wallclock", "overhead", "memory", "cost"):
+            # Reused when it exists and records the same command line (see Scheduler._start).
+            job.done_file = os.path.join(job.out_dir, "benchmark_done.json")
+        orig = job.on_done
+
+        def mark_done(j, orig=orig):
+            if j.status == "done" and j.kind != "teacher":
+                with open(os.path.join(j.out_dir, "benchmark_done.json"), "w") as f:
+                    json.dump({"argv": j.argv, "seconds": j.seconds}, f)
+            if orig:
+                orig(j)
+
+        job.on_done = mark_done
+        self.jobs.append(job)
+        return job
+
+    def _build(self):
+        a = self.args
+        for exp in self.experiments:
+            d = self.detectors.setdefault(exp.detector, {"experiments": [], "baselines": {}})
+            d["experiments"].append(exp)
+            tconf, tweights, topts = _teacher_of(exp.config, a.teacher_root)
+            exp.teacher = (tconf, tweights)
+            d.setdefault("teacher", (tconf, tweights))
+            if tweights not in self.teachers:
+                self.teachers[tweights] = self._teacher_jobs(tconf, tweights, topts)
+            bname = "default" if exp.baseline == registry.DETECTORS.get(exp.detector) else \
+                os.path.splitext(os.path.basename(exp.baseline))[0].replace(f"{exp.detector}_", "")
+            exp.bname = bname
+            if bname not in d["baselines"]:
+                d["baselines"][bname] = self._baseline_jobs(exp.detector, bname, exp.baseline)
+            self._method_jobs(exp)
+        if not a.no_cost and self.experiments:
+            configs = []
+            for det, d in self.detectors.items():
+                configs += [d["teacher"][0], registry.DETECTORS.get(det) or d["experiments"][0].baseline]
+            out_dir = os.path.join(self.out, "measure", "cost")
+            self.cost_job = self.add(Job(
+                "cost", "cost", python_cmd("-m", "d2kd.benchmark.measure", "cost", *sum([["--config", c] for c in configs], []),
+                                           "--output", os.path.join(out_dir, "cost.json"), "--iters", str(a.cost_runs),
+                                           "--threads", str(a.threads), *[o for o in a.set if o.startswith("model.")]),
+                out_dir, weight=60))
+            self.cost_job.meta["configs"] = configs
+
+    def _teacher_jobs(self, tconf, tweights, topts):
+        a = self.args
+        info = {"config": tconf, "weights": tweights, "reused": os.path.isfile(tweights), "train_job": None,
+                "opts": topts}
+        tcfg = _load(tconf, a.set + a.teacher_set)
+        info["iters"] = int(tcfg.train.max_iter)
+        tdir = os.path.dirname(tweights)
+        tname = os.path.basename(tdir)
+        if not info["reused"]:
+            job = self.add(Job(
+                f"teacher:{tname}", "teacher",
+                train_cmd(tconf, [f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
+                                  f"train.eval_period={info['iters']}", *a.set, *a.teacher_set]),
+                tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3, meta={"iters": info["iters"]}))
+            info["train_job"] = job.name
+        else:
+            log(f"[benchmark] teacher {tname}: reusing {tweights} (not retrained)")
+        eval_dir = os.path.join(self.out, "teacher_eval", tname)
+        info["eval_dir"] = eval_dir
+        eval_file = os.path.join(eval_dir, "eval.json")
+        info["eval_file"] = eval_file
+        argv = train_cmd(tconf, ["--eval-only", f"train.init_checkpoint={tweights}", f"train.output_dir={eval_dir}",
+                                 *topts, *a.set, *a.teacher_set])
+
+        def save_eval(job, eval_file=eval_file, tweights=tweights):
+            with open(job.log_file, errors="ignore") as f:
+                ev = parse_copypaste(f.read())
+            if ev is None:
+                raise RuntimeError(f"no bbox metrics in {job.log_file}")
+            with open(eval_file, "w") as f:
+                json.dump({"eval": ev, "weights": tweights, "weights_mtime": os.path.getmtime(tweights),
+                           "argv": job.argv}, f)
+
+        cached = None
+        if os.path.isfile(eval_file) and info["reused"]:
+            with open(eval_file) as f:
+                cached = json.load(f)
+            if cached.get("argv") != argv or cached.get("weights_mtime") != os.path.getmtime(tweights):
+                cached = None
+        if cached is None:
+            self.add(Job(f"teacher_eval:{tname}", "teacher_eval", argv, eval_dir,
+                         deps=[info["train_job"]] if info["train_job"] else [], weight=EVAL_COST * 3, on_done=save_eval))
+        return info
+
+    def _baseline_jobs(self, det, bname, config):
+        a = self.args
+        iters = a.iters or int(_load(config, a.set + a.student_set).train.max_iter)
+        runs = []
+        for s in a.seeds:
+            out_dir = os.path.join(self.out, "runs", det, "baseline" if bname == "default" else f"baseline_{bname}", f"seed{s}")
+            job = self.add(Job(f"baseline:{det}:{bname}:s{s}", "baseline",
+                               train_cmd(config, run_overrides(out_dir, s, iters, a.evals, a)), out_dir,
+                               weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals, meta={"iters": iters}))
+            runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
+        return {"config": config, "iters": iters, "runs": runs}
+
+    def _method_jobs(self, exp):
+        a = self.args
+        det, m = exp.detector, exp.method
+        tconf, tweights = exp.teacher
+        teacher = self.teachers[tweights]
+        tdeps = [teacher["train_job"]] if teacher["train_job"] else []
+        iters = a.iters or int(_load(exp.config, a.set + a.student_set).train.max_iter)
+        kd_extra = [f"model.teacher.weights={tweights}", "train.eval_teacher=False"]
+        # overhead (and the step ratio of the wall-clock baseline)
+        oh_dir = os.path.join(self.out, "measure", f"overhead_{det}_{m}")
+        oh_file = os.path.join(oh_dir, "overhead.json")
+        exp.overhead_file = oh_file
+        self.add(Job(f"overhead:{det}:{m}", "overhead",
+                     python_cmd("-m", "d2kd.benchmark.measure", "overhead", "--config", exp.config,
+                                "--baseline", exp.baseline, "--output", oh_file, "--iters", str(a.overhead_iters),
+                                "--warmup", str(a.overhead_warmup), "--threads", str(a.threads),
+                                f"model.teacher.weights={tweights}", *a.set, *a.student_set),
+                     oh_dir, deps=tdeps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30))
+        exp.runs, exp.wall_runs = [], []
+        for s in a.seeds:
+            out_dir = os.path.join(self.out, "runs", det, m, f"seed{s}")
+            job = self.add(Job(f"kd:{det}:{m}:s{s}", "distilled",
+                               train_cmd(exp.config, run_overrides(out_dir, s, iters, a.evals, a) + kd_extra), out_dir,
+                               deps=tdeps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
+                               meta={"iters": iters}))
+            exp.runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
+        if not a.no_wallclock:
+            for s in a.seeds:
+                out_dir = os.path.join(self.out, "runs", det, f"baseline_wallclock_{m}", f"seed{s}")
+
+                def cmd(out_dir=out_dir, s=s, oh_file=oh_file, iters=iters, exp=exp):
+                    with open(oh_file) as f:
+                        ratio = json.load(f)["step_ratio"]
+                    n = max(1, int(round(iters * ratio)))
+                    return train_cmd(exp.baseline, run_overrides(out_dir, s, n, a.evals, a))
+
+                job = self.add(Job(f"wall:{det}:{m}:s{s}", "wallclock", cmd, out_dir, deps=[f"overhead:{det}:{m}"],
+                                   weight=COST_GUESS["wallclock"] * iters + EVAL_COST * a.evals, meta={}))
+                exp.wall_runs.append({"seed": s, "job": job.name, "out_dir": out_dir})
+        if not a.no_memory:
+            for cfg_file, kind in ((exp.baseline, "student"), (exp.config, "kd")):
+                name = f"memory:{_name(cfg_file)}"
+                if any(j.name == name for j in self.jobs):
+                    continue
+                out_dir = os.path.join(self.out, "measure", f"memory_{os.path.splitext(os.path.basename(cfg_file))[0]}")
+                self.add(Job(name, "memory",
+                             python_cmd("-m", "d2kd.benchmark.measure", "memory", "--config", cfg_file,
+                                        "--output", os.path.join(out_dir, "memory.json"), "--iters", str(a.memory_iters),
+                                        "--threads", str(a.threads),
+                                        *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
+                                        *a.set, *a.student_set),
+                             out_dir, deps=tdeps if kind == "kd" else [], weight=40, meta={"config": cfg_file}))
+
+
+# ---- collecting ----------------------------------------------------------------------------------
+def _run_result(run: Dict, jobs: Dict[str, Job]) -> Dict:
+    job = jobs.get(run["job"])
+    rows = read_metrics(run["out_dir"])
+    out = dict(run)
+    out["status"] = job.status if job else "?"
+    if job and job.error:
+        out["error"] = job.error
+    out["eval"] = final_eval(rows) if out["status"] in ("done", "reused") else None
+    out["time"] = train_time(run["out_dir"])
+    out["curves"] = curves(rows)
+    if not out.get("iters"):
+        its = [r["iteration"] for r in rows if "iteration" in r]
+        out["iters"] = (max(its) + 1) if its else None
+    return out
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def collect(plan: Plan, jobs: Dict[str, Job], wall: float) -> Dict:
+    a = plan.args
+    res = {"detectors": {}, "overhead": {}, "memory": {}, "cost": {}, "runs": []}
+    for det, d in plan.detectors.items():
+        tconf, tweights = d["teacher"]
+        tinfo = plan.teachers[tweights]
+        tev = _read_json(tinfo["eval_file"]) or {}
+        ttime = train_time(os.path.dirname(tweights))
+        dd = {
+            "teacher": {"config": tconf, "weights": tweights, "reused": tinfo["reused"], "eval": tev.get("eval"),
+                        "iters": tinfo["iters"], "train_s": ttime["train_s"], "s_per_iter": ttime["s_per_iter"],
+                        "eval_file": tinfo["eval_file"]},
+            "baseline_config": registry.DETECTORS.get(det),
+            "baselines": {},
+            "methods": {},
+            "failed": [],
+        }
+        t_ap = (tev.get("eval") or {}).get("AP", float("nan"))
+        for bname, b in d["baselines"].items():
+            runs = [_run_result(r, jobs) for r in b["runs"]]
+            dd["baselines"][bname] = {"config": b["config"], "runs": runs, "summary": summarize_runs(runs)}
+        for exp in d["experiments"]:
+            runs = [_run_result(r, jobs) for r in exp.runs]
+            base = dd["baselines"][exp.bname]
+            summ = summarize_runs(runs)
+            gain = paired_gain(runs, base["runs"])
+            b_ap = base["summary"]["AP"]["mean"]
+            gap = t_ap - b_ap
+            closure = (summ["AP"]["mean"] - b_ap) / gap if gap and not math.isnan(gap) and gap > 0 else float("nan")
+            r = {"config": exp.config, "baseline": exp.bname, "runs": runs, "summary": summ,
+                 "gain_equal_iters": gain, "gap_closure": closure}
+            oh = _read_json(exp.overhead_file)
+            if exp.wall_runs:
+                wruns = []
+                for w in exp.wall_runs:
+                    job = jobs.get(w["job"])
+                    if job and job.argv:
+                        its = [x.split("=", 1)[1] for x in job.argv if x.startswith("train.max_iter=")]
+                        w = dict(w, iters=int(its[-1]) if its else None)
+                    wruns.append(_run_result(w, jobs))
+                r["wallclock"] = {"runs": wruns, "summary": summarize_runs(wruns),
+                                  "step_ratio": (oh or {}).get("step_ratio")}
+                r["gain_equal_wallclock"] = paired_gain(runs, wruns)
+                # the same comparison from the runs' own logged s/iter (noisier: shared machine)
+                kd_t = summ["s_per_iter"]["mean"]
+                b_t = base["summary"]["s_per_iter"]["mean"]
+                r["wallclock"]["logged_step_ratio"] = kd_t / b_t if kd_t and b_t and not math.isnan(kd_t + b_t) else None
+            for rr in runs + base["runs"] + (r.get("wallclock") or {}).get("runs", []):
+                if rr["status"] not in ("done", "reused") or rr.get("eval") is None:
+                    msg = f"{rr['job']}: {rr['status']}" + (f" ({rr['error'][:200]})" if rr.get("error") else "")
+                    if msg not in dd["failed"]:
+                        dd["failed"].append(msg)
+            dd["methods"][exp.method] = r
+            key = f"{det}/{exp.method}"
+            job = jobs.get(f"overhead:{det}:{exp.method}")
+            res["overhead"][key] = oh if oh else {"error": job.error if job else "not run"}
+        res["detectors"][det] = dd
+    for job in jobs.values():
+        if job.kind == "memory":
+            m = _read_json(os.path.join(job.out_dir, "memory.json"))
+            res["memory"][job.meta["config"]] = m if m else {"error": job.error or job.status}
+        if job.kind == "cost":
+            c = _read_json(os.path.join(job.out_dir, "cost.json")) or {}
+            for det, d in plan.detectors.items():
+                tconf = d["teacher"][0]
+                sconf = registry.DETECTORS.get(det) or d["experiments"][0].baseline
+                for role, conf in (("teacher", tconf), ("student", sconf)):
+                    if conf in c:
+                        res["cost"][f"{det} {role}"] = dict(c[conf], config=conf)
+        res["runs"].append({"name": job.name, "kind": job.kind, "status": job.status, "out_dir": job.out_dir,
+                            "seconds": round(job.seconds, 1), "argv": job.argv or None, "error": job.error or None})
+    res["targets"] = targets(res, a, wall)
+    res["teacher_checks"] = teacher_checks(res, plan)
+    return res
+
+
+def targets(res: Dict, args, wall: float) -> Dict:
+    checks = []
+    for det, d in res["detectors"].items():
+        best = None
+        for m, r in d["methods"].items():
+            g = r["gain_equal_iters"]["mean"]
+            checks.append({"what": f"{det}/{m}: distilled − baseline ≥ +5 AP at equal iterations",
+                           "measured": f"{g:+.2f} AP" if not math.isnan(g) else "n/a", "pass": not math.isnan(g) and g >= 5})
+            if "gain_equal_wallclock" in r:
+                g = r["gain_equal_wallclock"]["mean"]
+                checks.append({"what": f"{det}/{m}: distilled − baseline ≥ +2 AP at equal wall-clock",
+                               "measured": f"{g:+.2f} AP" if not math.isnan(g) else "n/a",
+                               "pass": not math.isnan(g) and g >= 2})
+            c = r.get("gap_closure")
+            if c is not None and not math.isnan(c) and (best is None or c > best[1]):
+                best = (m, c)
+        if d["methods"]:
+            checks.append({"what": f"{det}: best method closes ≥ 60 % of the teacher–student gap",
+                           "measured": f"{best[0]} {100 * best[1]:.0f} %" if best else "n/a",
+                           "pass": bool(best and best[1] >= 0.6)})
+    for key, o in res["overhead"].items():
+        if o.get("backbone_only"):
+            checks.append({"what": f"{key}: overhead ratio ≤ 1.10 (backbone-only teacher work, CPU)",
+                           "measured": f"{o['overhead_ratio']:.3f}", "pass": o["overhead_ratio"] <= 1.10})
+    if args.mode == "quick":
+        checks.append({"what": "--quick completes in ≤ 15 minutes on 2 CPU cores",
+                       "measured": fmt_s(wall) if wall else "n/a", "pass": bool(wall and wall <= 900)})
+    return {"checks": checks, "all_pass": all(c["pass"] for c in checks)}
+
+
+def teacher_checks(res: Dict, plan: Plan) -> Dict:
+    lines = []
+    for key, o in res["overhead"].items():
+        c = o.get("checks")
+        if not c:
+            continue
+        lines.append(
+            f"{key}: teacher forward under grad mode {'ON (autograd state kept!)' if c['teacher_forward_grad_enabled'] else 'off (torch.no_grad)'}; "
+            f"teacher outputs {'carry' if c['teacher_outputs_require_grad'] else 'carry no'} autograd graph; "
+            f"{c['teacher_params_requires_grad']} teacher params require grad, {c['teacher_params_with_grad']} got one; "
+            f"eval mode: {c['teacher_in_eval_mode']}; parts run {c['teacher_parts_run']} of {c['teacher_parts_available']}")
+    lines.append("AMP: `AMPTrainer` runs the whole model forward, `Teacher.record` included, inside "
+                 "`torch.autocast` when `train.amp.enabled=True`, so on CUDA the teacher's convolutions run "
+                 "in the autocast dtype (weights stay fp32); there is no separate teacher-dtype setting. "
+                 "Not exercised here (CPU-only machine).")
+    lines.append("`Teacher.record` uses `torch.no_grad`, not `torch.inference_mode` (documented in "
+                 "d2kd/teacher.py: inference tensors cannot be saved for the student's backward); no graph is kept either way.")
+    return {"lines": lines}
+
+
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    import torch
+
+    return f"{platform.node()} {model}, {os.cpu_count()} CPU core(s), torch {torch.__version__}, " + \
+        ("CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+
+
+def _load_avg() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    t0 = time.time()
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    os.makedirs(args.output, exist_ok=True)
+    plan = Plan(args)
+    if not plan.experiments:
+        log("[benchmark] nothing to run: no experiment config exists for the selection")
+        return {}
+    log(f"[benchmark] {args.mode} mode: {len(plan.experiments)} experiment(s) "
+        f"({', '.join(e.key for e in plan.experiments)}), seeds {args.seeds}, {len(plan.jobs)} jobs, "
+        f"{args.jobs} in parallel; output {plan.out}")
+    if args.baselines_only:
+        plan.jobs = [j for j in plan.jobs if j.kind == "baseline"]
+        log(f"[benchmark] --baselines-only: {len(plan.jobs)} baseline run(s)")
+    if args.list:
+        for j in plan.jobs:
+            cmd = "<built after its dependencies>" if callable(j.cmd) else " ".join(shlex.quote(x) for x in j.cmd)
+            log(f"  {j.name}  deps={j.deps}\n      {cmd}")
+        return {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    load_start = _load_avg()
+    jobs = Scheduler(plan.jobs, n_parallel=args.jobs, env=env, cwd=REPO, heartbeat_s=args.heartbeat, log=log).run()
+    wall = time.time() - t0
+    if args.baselines_only:
+        bad = [j.name for j in jobs.values() if j.status not in ("done", "reused")]
+        log(f"[benchmark] baselines done in {fmt_s(wall)}" + (f"; failed: {bad}" if bad else ""))
+        return {}
+    res = collect(plan, jobs, wall)
+    from d2kd.benchmark.plots import write_plots
+
+    res["settings"] = {
+        "mode": args.mode, "command": "python tools/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
+        "machine": machine(), "started": started, "wall_clock": fmt_s(wall), "wall_clock_s": wall,
+        "n_parallel": args.jobs, "threads": args.threads, "seeds": args.seeds, "evals_per_run": args.evals,
+        "load_start": load_start, "load_end": _load_avg(),
+        "val_set": _val_set(plan), "overrides": {"all": args.set, "students": args.student_set, "teacher": args.teacher_set},
+    }
+    try:
+        res["plots"] = write_plots(res, args.output)
+    except Exception as e:  # plots must not lose the tables
+        log(f"[benchmark] plots failed: {type(e).__name__}: {e}")
+        res["plots"] = []
+    write_json(res, os.path.join(args.output, "results.json"))
+    with open(os.path.join(args.output, "results.md"), "w") as f:
+        f.write(markdown(res))
+    log(f"[benchmark] done in {fmt_s(wall)}: {os.path.join(args.output, 'results.md')}")
+    with open(os.path.join(args.output, "results.md")) as f:
+        log(f.read())
+    return res
+
+
+def _val_set(plan: Plan) -> str:
+    try:
+        exp = plan.experiments[0]
+        return str(_load(exp.baseline, plan.args.set + plan.args.student_set).dataloader.test.dataset.names)
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    main()

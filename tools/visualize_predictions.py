@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Teacher / baseline student / distilled students' predictions side by side, plus FGFI's mask.
+
+    # from a benchmark's output folder (its results.json names every run):
+    python tools/visualize_predictions.py --from-benchmark output/benchmark/quick --num 4
+    # or any models, NAME=CONFIG:WEIGHTS (a distillation config draws its student):
+    python tools/visualize_predictions.py --dataset shapes_val --num 4 --output output/vis_pred \
+        --models teacher=configs/shapes/retinanet_teacher.py:output/shapes/retinanet_teacher/model_final.pth \
+                 fgfi=configs/shapes/retinanet_fgfi.py:output/shapes/retinanet_fgfi/model_final.pth
+
+For each of the first ``--num`` images of ``--dataset`` it writes ``<output>/pred_<image>.png``:
+ground truth, then each model's detections above ``--score-thresh`` (Detectron2 ``Visualizer``),
+then, for every model whose config has an FGFI distiller, the FGFI imitation mask of that image
+(the union over levels of ``d2kd.distill.fgfi.fgfi_masks`` with the config's ψ, drawn over the
+image with the GT boxes; the locations the student imitates the teacher at).
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_student(config: str, weights: str, overrides=()):
+    """The (student) model of ``config`` with ``weights``, as ``train_net.py --eval-only`` builds it."""
+    import torch
+    from detectron2.config import LazyConfig, instantiate
+
+    import d2kd  # noqa: F401
+    from d2kd.checkpoint import ReportingCheckpointer
+    from d2kd.export import DISTILLER_PREFIX, student_model_config
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(config), list(overrides))
+    model = instantiate(student_model_config(cfg.model))
+    ReportingCheckpointer(model, drop_prefixes=(DISTILLER_PREFIX,)).load(weights)
+    model.eval()
+    return model, cfg
+
+
+def fgfi_spec(cfg) -> Optional[Dict]:
+    """The FGFI distiller's settings in a distillation config (None if it has none)."""
+    for d in cfg.model.get("distillers", None) or []:
+        target = d.get("_target_")
+        name = target if isinstance(target, str) else getattr(target, "__name__", "")
+        if name.split(".")[-1] == "FGFI":
+            return {"in_features": list(d.get("in_features") or []), "psi": float(d.get("psi", 0.5)),
+                    "max_over": d.get("max_over", "all_levels"), "iou_plus_one": d.get("iou_plus_one", True)}
+    return None
+
+
+def fgfi_mask_image(model, spec: Dict, image_chw, gt_boxes) -> np.ndarray:
+    """(H, W) float mask: the union over levels of the FGFI imitation masks, at image size."""
+    import torch
+    import torch.nn.functional as F
+
+    from d2kd.distill.fgfi import fgfi_masks
+
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image_chw}])
+        feats = model.backbone(images.tensor)
+        levels = spec["in_features"] or list(feats)
+        if getattr(model, "proposal_generator", None) is not None:
+            gen, gen_levels = model.proposal_generator.anchor_generator, model.proposal_generator.in_features
+        else:
+            gen, gen_levels = model.anchor_generator, model.head_in_features
+        anchors = dict(zip(gen_levels, gen([feats[f] for f in gen_levels])))
+        masks = fgfi_masks([anchors[f] for f in levels], [tuple(feats[f].shape[-2:]) for f in levels],
+                           torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4), psi=spec["psi"],
+                           iou_plus_one=spec["iou_plus_one"], max_over=spec["max_over"])
+        h, w = images.tensor.shape[-2:]
+        up = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0] for m in masks]
+        full = torch.stack(up).max(dim=0).values
+    return full[: image_chw.shape[1], : image_chw.shape[2]].numpy()
+
+
+def draw_predictions(img_rgb, instances, meta, scale: float, thresh: float):
+    from detectron2.utils.visualizer import Visualizer
+
+    inst = instances.to("cpu")
+    inst = inst[inst.scores >= thresh]
+    return Visualizer(img_rgb, metadata=meta, scale=scale).draw_instance_predictions(inst).get_image()
+
+
+def draw_mask(img_rgb, mask, gt_boxes, scale: float):
+    from detectron2.utils.visualizer import Visualizer
+
+    tint = img_rgb.astype(np.float32).copy()
+    sel = mask > 0
+    tint[sel] = 0.45 * tint[sel] + 0.55 * np.array([255, 40, 40], dtype=np.float32)
+    tint[~sel] = 0.6 * tint[~sel]
+    vis = Visualizer(tint.astype(np.uint8), scale=scale)
+    for b in gt_boxes:
+        vis.draw_box(b, edge_color="yellow")
+    return vis.get_output().get_image()
+
+
+def from_benchmark(folder: str, seed: Optional[int], detector: Optional[str]) -> Tuple[List, str]:
+    """``[(name, config, weights)]`` of a benchmark's teacher, baseline and distilled runs."""
+    with open(os.path.join(folder, "results.json")) as f:
+        res = json.load(f)
+    det = detector or next(iter(res["detectors"]))
+    d = res["detectors"][det]
+    models = [("teacher", d["teacher"]["config"], d["teacher"]["weights"])]
+
+    def pick(runs):
+        ok = [r for r in runs if r.get("status") in ("done", "reused")]
+        ok = [r for r in ok if seed is None or r["seed"] == seed] or ok
+        return ok[0] if ok else None
+
+    for bname, b in d["baselines"].items():
+        r = pick(b["runs"])
+        if r:
+            models.append(("baseline" if bname == "default" else f"baseline_{bname}", b["config"],
+                           os.path.join(r["out_dir"], "model_final.pth")))
+    for m, mr in d["methods"].items():
+        r = pick(mr["runs"])
+        if r:
+            models.append((m, mr["config"], os.path.join(r["out_dir"], "model_final.pth")))
+    val = res.get("settings", {}).get("val_set") or "shapes_val"
+    return models, val
+
+
+def main(argv=None) -> List[str]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--models", nargs="*", default=[], metavar="NAME=CONFIG:WEIGHTS")
+    p.add_argument("--from-benchmark", metavar="FOLDER", help="take the models from FOLDER/results.json")
+    p.add_argument("--detector", help="with --from-benchmark: which detector (default: the first)")
+    p.add_argument("--seed", type=int, default=None, help="with --from-benchmark: which seed's runs")
+    p.add_argument("--dataset", default=None, help="default shapes_val (or the benchmark's validation set)")
+    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--score-thresh", type=float, default=0.3)
+    p.add_argument("--scale", type=float, default=3.0)
+    p.add_argument("--output", default=None, help="default <benchmark folder>/predictions or output/vis_predictions")
+    args = p.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import detection_utils as utils
+
+    import d2kd  # noqa: F401
+
+    torch.set_num_threads(1)
+    models = []
+    dataset = args.dataset
+    if args.from_benchmark:
+        models, val = from_benchmark(args.from_benchmark, args.seed, args.detector)
+        dataset = dataset or val
+    for spec in args.models:
+        name, rest = spec.split("=", 1)
+        config, weights = rest.rsplit(":", 1)
+        models.append((name, config, weights))
+    if not models:
+        p.error("give --models NAME=CONFIG:WEIGHTS ... or --from-benchmark FOLDER")
+    dataset = dataset or "shapes_val"
+    out_dir = args.output or (os.path.join(args.from_benchmark, "predictions") if args.from_benchmark
+                              else "output/vis_predictions")
+    os.makedirs(out_dir, exist_ok=True)
+
+    loaded = []
+    for name, config, weights in models:
+        model, cfg = load_student(config, weights)
+        loaded.append((name, model, fgfi_spec(cfg)))
+    meta = MetadataCatalog.get(dataset)
+    dicts = DatasetCatalog.get(dataset)[args.start: args.start + args.num]
+    written = []
+    for d in dicts:
+        bgr = utils.read_image(d["file_name"], format="BGR")
+        rgb = bgr[:, :, ::-1]
+        image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1))).float()
+        from detectron2.structures import BoxMode
+
+        gt = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d.get("annotations", [])]
+        from detectron2.utils.visualizer import Visualizer
+
+        panels = [("ground truth", Visualizer(rgb, metadata=meta, scale=args.scale).draw_dataset_dict(d).get_image())]
+        for name, model, spec in loaded:
+            with torch.no_grad():
+                inst = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])[0]["instances"]
+            n = int((inst.scores >= args.score_thresh).sum())
+            panels.append((f"{name} ({n} ≥ {args.score_thresh})",
+                           draw_predictions(rgb, inst, meta, args.scale, args.score_thresh)))
+        for name, model, spec in loaded:
+            if spec is not None:
+                mask = fgfi_mask_image(model, spec, image, gt)
+                panels.append((f"FGFI mask ({name}, ψ={spec['psi']}, {100 * mask.mean():.0f} % of pixels)",
+                               draw_mask(rgb, mask, gt, args.scale)))
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+        for ax, (title, img) in zip(axes[0], panels):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        fig.tight_layout()
+        stem = os.path.splitext(os.path.basename(str(d["file_name"])))[0]
+        path = os.path.join(out_dir, f"pred_{dataset}_{stem}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
