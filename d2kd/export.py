@@ -46,16 +46,27 @@ def student_model_config(model_cfg):
 
 
 def _test_resize(cfg):
-    """(min_size, max_size) of the test mapper's ResizeShortestEdge, (0, 0) if none."""
+    """(min_size, max_size) for DefaultPredictor's ResizeShortestEdge from the test mapper.
+
+    A fixed square ``Resize((s, s))`` (the SSD configs) becomes (s, s): exact for square images;
+    for other aspect ratios set ``predictor.aug = T.Resize((s, s))`` after building the predictor.
+    (0, 0) = no resize.
+    """
     try:
         augs = cfg.dataloader.test.mapper.augmentations
     except Exception:
         return 0, 0
     for aug in augs or []:
-        if "ResizeShortestEdge" in str(aug.get("_target_", "")):
+        target = aug.get("_target_", "")
+        target = (target if isinstance(target, str) else getattr(target, "__qualname__", "")).split(".")[-1]
+        if target == "ResizeShortestEdge":
             size = aug.short_edge_length
             size = size[0] if isinstance(size, (list, tuple)) else size
             return int(size), int(aug.get("max_size", 1333))
+        if target == "Resize" and "shape" in aug:
+            shape = aug.shape
+            h, w = (shape, shape) if isinstance(shape, int) else tuple(shape)
+            return int(min(h, w)), int(max(h, w))
     return 0, 0
 
 

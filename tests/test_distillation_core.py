@@ -395,3 +395,19 @@ def test_teacher_autocast_dtype(teacher_weights):
     assert losses["loss_kd_fitnet_p3"].dtype == torch.float32 and torch.isfinite(losses["loss_kd_fitnet_p3"])
     with pytest.raises(ValueError, match="autocast_dtype must be None, 'float16' or 'bfloat16'"):
         build_teacher(config_file=EXPERIMENTS["retinanet"][0], weights=teacher_weights["retinanet"], autocast_dtype="fp8")
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [("configs/shapes/retinanet_student.py", (128, 1333)), ("configs/shapes/ssd_student.py", (128, 128))],
+)
+def test_predictor_config_takes_the_test_resize(config, expected, tmp_path):
+    """DefaultPredictor resizes like the test mapper: ResizeShortestEdge, or a square Resize."""
+    from d2kd.export import load_predictor_config, write_predictor_config
+
+    cfg = LazyConfig.load(config)
+    path = str(tmp_path / "predictor.yaml")
+    write_predictor_config(cfg, str(tmp_path / "config.yaml"), str(tmp_path / "w.pth"), path)
+    y = load_predictor_config(path)
+    assert (y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST) == expected
+    assert y.INPUT.FORMAT == cfg.model.input_format and y.MODEL.META_ARCHITECTURE == "D2KDLazyModel"
