@@ -7,7 +7,9 @@
 On a machine without GPUs, ``--num-gpus N`` runs N CPU processes over gloo.
 ``--eval-only`` evaluates ``train.init_checkpoint`` (the student of a distillation run).
 """
+import os
 import sys
+import traceback
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -31,9 +33,42 @@ def main(args):
         model = instantiate(student_model_config(cfg.model)).to(cfg.train.device)
         ReportingCheckpointer(model, drop_prefixes=(DISTILLER_PREFIX,)).load(cfg.train.init_checkpoint)
         return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as e:
+        # Building the model is where a config's mistakes surface (class counts, levels,
+        # weights): one line on the console, the traceback in log.txt.
+        _log_traceback(cfg.train.output_dir)
+        raise ConfigError(f"cannot build {args.config_file}: {_one_line(e)}") from None
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]  # no repr quotes
+    first = text.splitlines()[0] if text else ""
+    return first if isinstance(e, ConfigError) else f"{type(e).__name__}: {first}"
+
+
+def _log_traceback(output_dir: str) -> None:
+    if comm.get_rank() != 0 or not output_dir:
+        return
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "log.txt"), "a") as f:
+            f.write(traceback.format_exc())
+    except OSError:
+        pass
+
+
+def _child_error(e: BaseException) -> str:
+    """The last line of a spawned worker's traceback (``ProcessRaisedException``)."""
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    prefix = f"{ConfigError.__module__}.{ConfigError.__name__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
 
 
 def cli(argv=None):
@@ -45,14 +80,38 @@ def cli(argv=None):
     except ConfigError as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+    # Whatever fails, the last line of stderr says what, in one line (tracebacks are above it
+    # and in <output_dir>/log.txt); exit status 2 for config errors, 1 for the rest.
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ConfigError as e:
+        print(f"train_net.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ProcessRaisedException as e:
+        # One worker raised; torch.multiprocessing has already stopped the others.
+        msg = _child_error(e)
+        print(f"train_net.py: error: process {e.error_index} of {args.num_gpus} failed: {msg}", file=sys.stderr)
+        sys.exit(1)
+    except ProcessExitedException as e:
+        print(
+            f"train_net.py: error: process {e.error_index} of {args.num_gpus} died "
+            f"(exit code {e.exit_code}{', signal ' + str(e.signal_name) if e.signal_name else ''}); "
+            f"the others were stopped",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    except Exception as e:
+        print(f"train_net.py: error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

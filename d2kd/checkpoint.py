@@ -1,14 +1,44 @@
-"""A ``DetectionCheckpointer`` that never leaves a partial checkpoint behind.
+"""Checkpointers that never leave a partial checkpoint behind and never run code from a file.
 
-fvcore writes ``model_XXXX.pth`` in place and then rewrites ``last_checkpoint``: a process
-killed mid-write leaves a truncated file that ``--resume`` would pick up. Here both files are
-written to a temporary name, flushed to disk and renamed into place (``os.replace`` is atomic
-on POSIX), so ``last_checkpoint`` only ever names a complete file.
+Writing (:class:`AtomicCheckpointer`): fvcore writes ``model_XXXX.pth`` in place and then
+rewrites ``last_checkpoint``: a process killed mid-write leaves a truncated file that
+``--resume`` would pick up. Here both files are written to a temporary name
+(``<name>.tmp.<pid>``), flushed to disk and renamed into place (``os.replace`` is atomic on
+POSIX), so ``last_checkpoint`` only ever names a complete file. Temporary files left by a killed
+process are removed on resume (:func:`remove_partial_checkpoints`); if ``last_checkpoint``
+names a file that cannot be read, resume falls back to the newest readable ``model_*.pth``.
+
+Reading (both checkpointers, through :class:`SafeLoadMixin`):
+
+* ``.pth`` / ``.pyth``: ``torch.load(..., weights_only=True)`` explicitly (tensors, numbers,
+  strings and containers only; no code runs while loading). Trainer, optimizer, scheduler and
+  distiller state are saved as such, so ``--resume`` works under it.
+* ``.pkl`` (Detectron2/Caffe2 model zoos, d2kd's VGG converter): read with a restricted
+  unpickler that admits only numpy arrays/scalars and plain Python containers, the content of
+  every model-zoo weight file. A ``.pkl`` that needs anything else (arbitrary classes or
+  callables: a pickle can run code when loaded) is refused unless ``allow_pickle=True``
+  (``train.allow_pickle_checkpoints=True``, ``build_teacher(allow_pickle=True)``), and then
+  loaded with a warning.
 """
+import glob
+import io
+import logging
 import os
+import pickle
+import re
+import time
+from typing import List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+logger = logging.getLogger(__name__)
+
+#: Test-only: seconds to sleep between writing a checkpoint's temporary file and renaming it,
+#: so that a test can kill the process exactly while a checkpoint is being written.
+DEBUG_DELAY_ENV = "D2KD_DEBUG_CHECKPOINT_DELAY"
+
+_TMP_RE = re.compile(r"\.tmp\.\d+$")
 
 
 def _atomic_write(path: str, write) -> None:
@@ -18,13 +48,154 @@ def _atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        delay = float(os.environ.get(DEBUG_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
         os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path) or ".")
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable (POSIX); best effort elsewhere."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_partial_checkpoints(save_dir: str) -> List[str]:
+    """Delete ``*.tmp.<pid>`` files (checkpoints whose writer was killed); return their paths."""
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(save_dir), "*.tmp.*"))):
+        if _TMP_RE.search(path) and os.path.isfile(path):
+            try:
+                os.remove(path)
+            except OSError:
+                continue
+            removed.append(path)
+            logger.warning("Removed %s: a partial checkpoint left by an interrupted run", path)
+    return removed
+
+
+# ---- reading without running code -------------------------------------------------------------
+class UnsafePickleError(pickle.UnpicklingError):
+    """A ``.pkl`` file needs more than numpy arrays and plain containers to load."""
+
+
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+_BUILTIN_GLOBALS = {
+    ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "frozenset"), ("builtins", "str"), ("builtins", "bytes"), ("builtins", "int"),
+    ("builtins", "float"), ("builtins", "bool"), ("builtins", "complex"), ("builtins", "bytearray"),
+    ("collections", "OrderedDict"), ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+}
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+_NUMPY_DTYPE_CLASSES = re.compile(r"^numpy(\.dtypes)?$")
+
+
+class _WeightsOnlyUnpickler(pickle.Unpickler):
+    """Admits the globals a pickled dict of numpy arrays needs, nothing else."""
+
+    def find_class(self, module, name):
+        module = _PY2_MODULES.get(module, module)  # Python 2 pickles (Caffe2/Detectron1 zoos)
+        if (module, name) in _NUMPY_GLOBALS or (module, name) in _BUILTIN_GLOBALS:
+            return super().find_class(module, name)
+        # numpy >= 1.25 pickles dtypes as numpy.dtypes.Float32DType etc.
+        if _NUMPY_DTYPE_CLASSES.match(module) and name.endswith("DType"):
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"{module}.{name}")
+
+
+def load_pickle_weights(path: str, allow_pickle: bool = False):
+    """A ``.pkl`` weight file: numpy arrays and plain types only, unless ``allow_pickle``."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return _WeightsOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except UnsafePickleError as e:
+        if not allow_pickle:
+            raise UnsafePickleError(
+                f"{path} is a pickle that needs '{e.args[0]}' to load, and unpickling it could run "
+                f"arbitrary code: if you trust the file, opt in with train.allow_pickle_checkpoints=True "
+                f"(teacher: model.teacher.allow_pickle=True), or convert it to a .pth of tensors"
+            ) from None
+    logger.warning(
+        "Loading %s with full pickle (allow_pickle=True): a pickle can run arbitrary code; "
+        "only do this for files you trust",
+        path,
+    )
+    return pickle.loads(raw, encoding="latin1")
+
+
+class SafeLoadMixin:
+    """``_load_file`` without code execution (see the module docstring)."""
+
+    allow_pickle: bool = False
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            data = load_pickle_weights(filename, allow_pickle=self.allow_pickle)
+            if not isinstance(data, dict):
+                raise ValueError(f"{filename} holds a {type(data).__name__}, not a dict of weights")
+            if "model" in data and "__author__" in data:
+                self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+                return data
+            # Caffe2 / Detectron1 model zoo (as DetectionCheckpointer._load_file)
+            if "blobs" in data:
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):
+            data = self._torch_load(filename)
+            if "model_state" not in data:
+                raise ValueError(f"Cannot load .pyth file {filename}; pycls checkpoints must contain 'model_state'.")
+            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)
+
+    def _torch_load(self, f):
+        try:
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        except pickle.UnpicklingError as e:
+            if not self.allow_pickle:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise pickle.UnpicklingError(
+                    f"{f} holds objects other than tensors and plain types ({first}); loading it "
+                    f"could run arbitrary code: if you trust the file, opt in with "
+                    f"train.allow_pickle_checkpoints=True (teacher: model.teacher.allow_pickle=True)"
+                ) from None
+        logger.warning(
+            "Loading %s with weights_only=False (allow_pickle=True): it can run arbitrary code; "
+            "only do this for files you trust",
+            f,
+        )
+        return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+
+
+class AtomicCheckpointer(SafeLoadMixin, DetectionCheckpointer):
+    def __init__(self, model, save_dir="", *, allow_pickle: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_pickle = bool(allow_pickle)
+        self.incompatible = None
+
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -42,15 +213,83 @@ class AtomicCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
 
-class ReportingCheckpointer(DetectionCheckpointer):
+    # ---- resume -----------------------------------------------------------------------------
+    def resume_candidates(self) -> List[str]:
+        """The file ``last_checkpoint`` names, then the other ``model_*.pth``, newest first."""
+        tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        others = sorted(
+            glob.glob(os.path.join(glob.escape(self.save_dir), "model_*.pth")),
+            key=lambda p: (os.path.getmtime(p), p),
+            reverse=True,
+        )
+        out = [tagged] if tagged else []
+        out += [p for p in others if os.path.abspath(p) != os.path.abspath(tagged or "")]
+        return out
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if not resume:
+            return self.load(path, checkpointables=[])
+        if self.save_to_disk:
+            remove_partial_checkpoints(self.save_dir)
+        candidates = self.resume_candidates() if self.save_dir else []
+        if not candidates:
+            return self.load(path, checkpointables=[])
+        errors = []
+        for candidate in candidates:
+            if not os.path.isfile(candidate):
+                errors.append(f"{os.path.basename(candidate)}: missing")
+                continue
+            try:
+                checkpoint = self._load_file_for_resume(candidate)
+            except Exception as e:  # truncated/corrupt: try the previous one
+                errors.append(f"{os.path.basename(candidate)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                continue
+            if errors:
+                logger.warning(
+                    "Resuming from %s: newer checkpoints could not be read (%s)", candidate, "; ".join(errors)
+                )
+            self.resumed_from = candidate
+            return self._apply_loaded(candidate, checkpoint)
+        raise RuntimeError(
+            f"cannot resume from {self.save_dir}: no checkpoint there can be read ({'; '.join(errors)}); "
+            f"delete the broken files (or the directory) to start afresh, or drop --resume"
+        )
+
+    def _load_file_for_resume(self, path: str):
+        # DetectionCheckpointer._load_file expects the URL parsed by load(); mirror that.
+        from urllib.parse import urlparse
+
+        self._parsed_url_during_load = urlparse(path)
+        try:
+            return self._load_file(path)
+        finally:
+            self._parsed_url_during_load = None
+
+    def _apply_loaded(self, path: str, checkpoint):
+        self.logger.info("[Checkpointer] Resuming from %s ...", path)
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        for key in self.checkpointables:
+            if key in checkpoint:
+                self.logger.info("Loading %s from %s ...", key, path)
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
+
+
+class ReportingCheckpointer(SafeLoadMixin, DetectionCheckpointer):
     """``DetectionCheckpointer.load`` that keeps its report of incompatible keys
     (``self.incompatible``), and can drop keys by prefix before loading (a distillation
     checkpoint's ``distillers.`` adapters, when loading it into the plain student)."""
 
-    def __init__(self, model, *, drop_prefixes=(), **kwargs):
+    def __init__(self, model, *, drop_prefixes=(), allow_pickle: bool = False, **kwargs):
         super().__init__(model, **kwargs)
         self.drop_prefixes = tuple(drop_prefixes)
+        self.allow_pickle = bool(allow_pickle)
         self.incompatible = None
 
     def _load_model(self, checkpoint):
@@ -60,3 +299,28 @@ class ReportingCheckpointer(DetectionCheckpointer):
             }
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
+
+
+def init_checkpoint_fit(model, incompatible) -> Optional[str]:
+    """``None`` if an init checkpoint fits ``model``; else why not, in a phrase.
+
+    It does not fit when less than half of the checkpoint's tensors could be loaded into the
+    model (unexpected names or wrong shapes): a checkpoint of another architecture, which
+    fvcore would otherwise report as warnings and then train from scratch. Missing model keys
+    alone are fine (a backbone-only ImageNet init leaves the heads missing).
+    """
+    if incompatible is None:
+        return None
+    model = getattr(model, "module", model)
+    n_model = len(model.state_dict())
+    missing = set(incompatible.missing_keys)
+    loaded = n_model - len(missing)
+    bad = len(incompatible.unexpected_keys) + len(incompatible.incorrect_shapes)
+    if loaded > 0 and loaded >= bad:
+        return None
+    shapes = [f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes[:2]]
+    return (
+        f"only {max(loaded, 0)} of the model's {n_model} tensors could be loaded "
+        f"({len(incompatible.unexpected_keys)} unexpected keys, e.g. {list(incompatible.unexpected_keys[:2])}; "
+        f"{len(incompatible.incorrect_shapes)} shape mismatches{', e.g. ' + '; '.join(shapes) if shapes else ''})"
+    )

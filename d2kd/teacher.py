@@ -67,7 +67,9 @@ def build_model_from_config_file(config_file: str, opts: Sequence[str] = ()) -> 
     return instantiate(cfg.model)
 
 
-def load_weights(model: nn.Module, weights: str, *, what: str, strict: bool = True) -> None:
+def load_weights(
+    model: nn.Module, weights: str, *, what: str, strict: bool = True, allow_pickle: bool = False
+) -> None:
     """Load ``weights`` with ``DetectionCheckpointer``; mismatches are an error unless not strict."""
     if not weights:
         raise ValueError(f"{what}: no weights file given; a frozen random {what} teaches nothing")
@@ -75,7 +77,8 @@ def load_weights(model: nn.Module, weights: str, *, what: str, strict: bool = Tr
         raise FileNotFoundError(f"{what} weights file not found: {weights}")
     from .checkpoint import ReportingCheckpointer
 
-    checkpointer = ReportingCheckpointer(model)
+    # weights_only loading; full pickle only with allow_pickle (see d2kd.checkpoint)
+    checkpointer = ReportingCheckpointer(model, allow_pickle=allow_pickle)
     try:
         checkpointer.load(weights)
     except Exception as e:
@@ -226,6 +229,7 @@ def build_teacher(
     opts: Sequence[str] = (),
     strict: bool = True,
     autocast_dtype: Optional[str] = None,
+    allow_pickle: bool = False,
 ) -> Teacher:
     """Build a teacher from its own config file and weights (the LazyConfig target).
 
@@ -235,8 +239,10 @@ def build_teacher(
         opts: overrides in the config's own syntax (``key=value`` lazy, ``KEY value`` yacs).
         strict: missing/unexpected keys or shape mismatches are an error (else a warning).
         autocast_dtype: see :class:`Teacher` (e.g. "float16" on CUDA).
+        allow_pickle: load weight files that need full pickle (arbitrary objects), with a
+            warning; without it only tensors/numpy arrays and plain types are read.
     """
     model = build_model_from_config_file(config_file, opts)
-    load_weights(model, weights, what=f"teacher ({config_file})", strict=strict)
+    load_weights(model, weights, what=f"teacher ({config_file})", strict=strict, allow_pickle=allow_pickle)
     logger.info("Teacher built from %s with weights %s", config_file, weights)
     return Teacher(model, config_file=config_file, weights=weights, autocast_dtype=autocast_dtype)

@@ -20,10 +20,11 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
+from detectron2.utils.events import EventStorage, get_event_storage
 
-from ..checkpoint import AtomicCheckpointer
-from .hooks import ExportStudentHook, TeacherEvalHook
+from ..checkpoint import AtomicCheckpointer, init_checkpoint_fit
+from .hooks import ExportStudentHook, TeacherEvalHook, fault_injection_hooks
+from .nonfinite import NonFiniteGuard
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         TrainerBase.__init__(self)
         model = self.build_model(cfg)
+        # Every loss term is checked before backward (see d2kd.engine.nonfinite).
+        self.nonfinite = NonFiniteGuard(
+            model,
+            skip_kd_steps=cfg.train.get("skip_nonfinite_kd_steps", 0),
+            output_dir=cfg.train.output_dir,
+        )
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         ddp_kwargs = dict(cfg.train.ddp)
@@ -45,8 +52,12 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(
-            model, cfg.train.output_dir, trainer=weakref.proxy(self)
+            model,
+            cfg.train.output_dir,
+            allow_pickle=cfg.train.get("allow_pickle_checkpoints", False),
+            trainer=weakref.proxy(self),
         )
+        self.failure = None
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
         self.cfg = cfg
@@ -98,6 +109,7 @@ class Trainer(DefaultTrainer):
         if hasattr(model, "teacher") and cfg.train.get("eval_teacher", False):
             ret.append(TeacherEvalHook(lambda teacher: self.test(self.cfg, teacher)))
         ret.extend(self.build_extra_hooks())
+        ret.extend(fault_injection_hooks())
         if comm.is_main_process():
             ret.append(
                 hooks.PeriodicCheckpointer(
@@ -132,14 +144,72 @@ class Trainer(DefaultTrainer):
 
     # ---- checkpoint / evaluation -----------------------------------------------------------
     def resume_or_load(self, resume=True):
-        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
+        """Resume from the newest complete checkpoint in ``output_dir`` (partial ``*.tmp.*``
+        files are removed, an unreadable newest checkpoint falls back to the previous one), or
+        load ``train.init_checkpoint``, which must fit the model (see
+        :func:`d2kd.checkpoint.init_checkpoint_fit`; ``train.allow_partial_init=True`` to load
+        a mostly-unfitting one anyway)."""
+        init = self.cfg.train.init_checkpoint
+        self.checkpointer.resumed_from = None
+        self.checkpointer.resume_or_load(init, resume=resume)
+        resumed = self.checkpointer.resumed_from is not None
+        if resumed:
             self.start_iter = self.iter + 1
+            logger.info("Resumed from %s at iteration %d", self.checkpointer.resumed_from, self.start_iter)
+        elif init:
+            problem = init_checkpoint_fit(self.model, self.checkpointer.incompatible)
+            if problem and not self.cfg.train.get("allow_partial_init", False):
+                from .validate import ConfigError
+
+                raise ConfigError(
+                    f"train.init_checkpoint {init} does not fit the model: {problem}; it is for a "
+                    f"different architecture (pick the weights for this config, or set "
+                    f"train.allow_partial_init=True to load the matching part anyway)"
+                )
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["nonfinite"] = self.nonfinite.state_dict()  # plain ints: loads under weights_only
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.nonfinite.load_state_dict(state_dict.get("nonfinite", {}))
 
     def train(self):
-        # DefaultTrainer.train would read the yacs key TEST.EXPECTED_RESULTS afterwards.
-        TrainerBase.train(self, self.start_iter, self.max_iter)
+        """``TrainerBase.train``, except that after a failure the hooks that would write or
+        evaluate (checkpoints, evaluation, export) do not run: the last good checkpoint stays
+        the newest one. (DefaultTrainer.train would also read the yacs key
+        TEST.EXPECTED_RESULTS afterwards.)"""
+        start_iter, max_iter = self.start_iter, self.max_iter
+        logger.info("Starting training from iteration %d", start_iter)
+        self.iter = self.start_iter = start_iter
+        self.failure = None
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter += 1
+            except BaseException as e:
+                self.failure = e
+                if isinstance(e, Exception):
+                    logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
         return getattr(self, "_last_eval_results", None)
+
+    def after_train(self):
+        if self.failure is None:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if isinstance(h, SKIPPED_AFTER_FAILURE):
+                continue
+            h.after_train()
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -151,6 +221,10 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             print_csv_format(results)
         return results
+
+
+#: Hooks whose ``after_train`` writes or evaluates: not run after a failed step.
+SKIPPED_AFTER_FAILURE = (hooks.PeriodicCheckpointer, hooks.EvalHook, ExportStudentHook)
 
 
 def current_iteration(default: int = 0) -> int:
