@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--metadata-from", default=None,
                    help="dataset whose classes/category ids the boxes get (default: --source if "
                         "registered, else coco_2017_train for an 80-class teacher)")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images (a trial run)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="image loading workers per process")
     p.add_argument("--num-shards", type=int, default=1, help="independent jobs the image set is split into")
@@ -77,6 +78,8 @@ def _setup(args):
     setup_logger(name="detectron2", distributed_rank=comm.get_rank())
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, comm.get_world_size())))
     dicts, image_root = pl.image_dicts_from_source(args.source)
+    if args.max_images is not None:
+        dicts = dicts[: args.max_images]
     meta_name = args.metadata_from
     if meta_name is None and args.source in DatasetCatalog.list():
         meta_name = args.source
