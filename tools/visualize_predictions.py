@@ -11,8 +11,8 @@
 For each of the first ``--num`` images of ``--dataset`` it writes ``<output>/pred_<image>.png``:
 ground truth, then each model's detections above ``--score-thresh`` (Detectron2 ``Visualizer``),
 then, for every model whose config has an FGFI distiller, the FGFI imitation mask of that image
-(the union over levels of ``d2kd.distill.fgfi.fgfi_masks`` with the config's ψ, drawn over the
-image with the GT boxes; the locations the student imitates the teacher at).
+(``compute_masks`` of tools/visualize_fgfi_mask.py with the config's ψ: the finest level, and the
+union of every level's cells; red = imitated, yellow = GT boxes).
 """
 import argparse
 import json
@@ -41,40 +41,68 @@ def load_student(config: str, weights: str, overrides=()):
     return model, cfg
 
 
+def _fgfi_tool():
+    """tools/visualize_fgfi_mask.py (FGFI settings from a config, per-level masks), if present."""
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import visualize_fgfi_mask as tool
+
+        return tool
+    except ImportError:
+        return None
+    finally:
+        sys.path.pop(0)
+
+
 def fgfi_spec(cfg) -> Optional[Dict]:
     """The FGFI distiller's settings in a distillation config (None if it has none)."""
     for d in cfg.model.get("distillers", None) or []:
         target = d.get("_target_")
         name = target if isinstance(target, str) else getattr(target, "__name__", "")
         if name.split(".")[-1] == "FGFI":
-            return {"in_features": list(d.get("in_features") or []), "psi": float(d.get("psi", 0.5)),
-                    "max_over": d.get("max_over", "all_levels"), "iou_plus_one": d.get("iou_plus_one", True)}
+            tool = _fgfi_tool()
+            spec = tool.fgfi_settings(cfg) if tool is not None else {}
+            return {"in_features": list(spec.get("in_features", d.get("in_features")) or []),
+                    "psi": float(spec.get("psi", d.get("psi", 0.5))),
+                    "max_over": spec.get("max_over", d.get("max_over", "all_levels")),
+                    "iou_plus_one": spec.get("iou_plus_one", d.get("iou_plus_one", True))}
     return None
 
 
-def fgfi_mask_image(model, spec: Dict, image_chw, gt_boxes) -> np.ndarray:
-    """(H, W) float mask: the union over levels of the FGFI imitation masks, at image size."""
+def fgfi_level_masks(model, spec: Dict, image_chw, gt_boxes) -> Dict:
+    """Per FGFI level: (bool (H, W) mask, stride), via tools/visualize_fgfi_mask.compute_masks when
+    available, else the same computation with ``d2kd.distill.fgfi.fgfi_masks``."""
     import torch
-    import torch.nn.functional as F
 
+    gt = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4)
+    tool = _fgfi_tool()
+    if tool is not None:
+        return tool.compute_masks(model, image_chw, gt, in_features=spec["in_features"] or None, psi=spec["psi"],
+                                  iou_plus_one=spec["iou_plus_one"], max_over=spec["max_over"])
     from d2kd.distill.fgfi import fgfi_masks
 
     with torch.no_grad():
         images = model.preprocess_image([{"image": image_chw}])
         feats = model.backbone(images.tensor)
-        levels = spec["in_features"] or list(feats)
         if getattr(model, "proposal_generator", None) is not None:
             gen, gen_levels = model.proposal_generator.anchor_generator, model.proposal_generator.in_features
         else:
             gen, gen_levels = model.anchor_generator, model.head_in_features
+        levels = spec["in_features"] or list(gen_levels)
         anchors = dict(zip(gen_levels, gen([feats[f] for f in gen_levels])))
-        masks = fgfi_masks([anchors[f] for f in levels], [tuple(feats[f].shape[-2:]) for f in levels],
-                           torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4), psi=spec["psi"],
-                           iou_plus_one=spec["iou_plus_one"], max_over=spec["max_over"])
-        h, w = images.tensor.shape[-2:]
-        up = [F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0] for m in masks]
-        full = torch.stack(up).max(dim=0).values
-    return full[: image_chw.shape[1], : image_chw.shape[2]].numpy()
+        masks = fgfi_masks([anchors[f] for f in levels], [tuple(feats[f].shape[-2:]) for f in levels], gt,
+                           psi=spec["psi"], iou_plus_one=spec["iou_plus_one"], max_over=spec["max_over"])
+    strides = model.backbone.output_shape()
+    return {f: (m.cpu(), strides[f].stride) for f, m in zip(levels, masks)}
+
+
+def union_mask(level_masks: Dict, height: int, width: int) -> np.ndarray:
+    """(H, W) bool: a pixel is set when the cell covering it is imitated at any level."""
+    out = np.zeros((height, width), dtype=bool)
+    for mask, stride in level_masks.values():
+        up = mask.numpy().repeat(stride, axis=0).repeat(stride, axis=1)[:height, :width]
+        out[: up.shape[0], : up.shape[1]] |= up
+    return out
 
 
 def draw_predictions(img_rgb, instances, meta, scale: float, thresh: float):
@@ -191,9 +219,13 @@ def main(argv=None) -> List[str]:
                            draw_predictions(rgb, inst, meta, args.scale, args.score_thresh)))
         for name, model, spec in loaded:
             if spec is not None:
-                mask = fgfi_mask_image(model, spec, image, gt)
-                panels.append((f"FGFI mask ({name}, ψ={spec['psi']}, {100 * mask.mean():.0f} % of pixels)",
-                               draw_mask(rgb, mask, gt, args.scale)))
+                per_level = fgfi_level_masks(model, spec, image, gt)
+                finest = min(per_level, key=lambda f: per_level[f][1])
+                counts = " ".join(f"{f}:{int(m.sum())}" for f, (m, _) in per_level.items())
+                for title, levels in ((f"FGFI mask {finest} ({name}, ψ={spec['psi']})", {finest: per_level[finest]}),
+                                      (f"FGFI mask, all levels ({counts})", per_level)):
+                    mask = union_mask(levels, *rgb.shape[:2])
+                    panels.append((title, draw_mask(rgb, mask, gt, args.scale)))
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
         for ax, (title, img) in zip(axes[0], panels):
             ax.imshow(img)
