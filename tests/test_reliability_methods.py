@@ -159,6 +159,10 @@ def test_skip_nonfinite_kd_terms_is_bounded(config, name, reads_logits, weights_
     model, batch = _build(config, weights_dir)
     guard = NonFiniteGuard(model, skip_kd_steps=1)
     handles = _with_hooks([model.teacher.model.backbone], _poison(float("nan")))
+    import logging
+
+    log = logging.getLogger("d2kd.engine.nonfinite")
+    log.addHandler(caplog.handler)  # train_net's setup_logger may have turned off propagation
     try:
         with caplog.at_level("WARNING", logger="d2kd.engine.nonfinite"):
             losses = _losses(model, batch, guard=guard)
@@ -181,6 +185,7 @@ def test_skip_nonfinite_kd_terms_is_bounded(config, name, reads_logits, weights_
             with pytest.raises(NonFiniteLossError, match="already skipped 1 steps with non-finite KD terms"):
                 _losses(model, batch, iteration=ITER + 1, guard=guard)
     finally:
+        log.removeHandler(caplog.handler)
         [h.remove() for h in handles]
         guard.remove()
 

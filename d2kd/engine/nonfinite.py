@@ -97,7 +97,7 @@ class NonFiniteGuard:
     """Checks the loss dict a model returns in training (see the module docstring)."""
 
     def __init__(self, model: nn.Module, *, skip_kd_steps: int = 0, output_dir: Optional[str] = None):
-        if skip_kd_steps is None or int(skip_kd_steps) < 0:
+        if isinstance(skip_kd_steps, bool) or not isinstance(skip_kd_steps, int) or skip_kd_steps < 0:
             raise ValueError(f"train.skip_nonfinite_kd_steps must be an integer >= 0, got {skip_kd_steps!r}")
         self.model = _unwrap(model)
         self.skip_kd_steps = int(skip_kd_steps)

@@ -87,7 +87,17 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return instantiate(cfg.dataloader.train)
+        """``cfg.dataloader.train``; its ``mapper`` (if it has one) is wrapped so that an image
+        that cannot be loaded fails with an error naming the file (see :class:`NamedErrorMapper`)."""
+        dl = cfg.dataloader.train
+        if not (hasattr(dl, "keys") and "mapper" in dl and "_target_" in dl):
+            return instantiate(dl)
+        from detectron2.utils.registry import locate
+
+        target = dl._target_ if callable(dl._target_) else locate(dl._target_)
+        kwargs = {k: instantiate(v) for k, v in dl.items() if k != "_target_"}
+        kwargs["mapper"] = NamedErrorMapper(kwargs["mapper"])
+        return target(**kwargs)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name=None):
@@ -221,6 +231,34 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             print_csv_format(results)
         return results
+
+
+class NamedErrorMapper:
+    """A dataset mapper whose failures name the image (PIL says e.g. only "Truncated File Read")."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict):
+        try:
+            return self.mapper(dataset_dict)
+        except Exception as e:
+            name = dataset_dict.get("file_name", "?") if isinstance(dataset_dict, dict) else "?"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ImageLoadError(
+                f"cannot load training image {name}: {type(e).__name__}: {first}; fix or remove "
+                f"the file (or its record in the dataset)"
+            ) from e
+
+    def __getattr__(self, name):  # the wrapped mapper's attributes (safe while unpickling)
+        mapper = self.__dict__.get("mapper")
+        if mapper is None:
+            raise AttributeError(name)
+        return getattr(mapper, name)
+
+
+class ImageLoadError(RuntimeError):
+    """A training image (or its annotation) cannot be loaded; the message names the file."""
 
 
 #: Hooks whose ``after_train`` writes or evaluates: not run after a failed step.

@@ -17,16 +17,70 @@ def load_config(config_file: str, opts=()):
         cfg = LazyConfig.load(config_file)
     except Exception as e:
         raise ConfigError(f"cannot load config {config_file}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    before = {}
     for opt in opts or ():
         if "=" not in opt:
             raise ConfigError(f"malformed override '{opt}': write key=value (e.g. train.max_iter=100)")
         key = opt.split("=", 1)[0]
-        if OmegaConf.select(cfg, key.rsplit(".", 1)[0] if "." in key else key, default=None) is None and "." in key:
+        plain = key.lstrip("+")
+        if OmegaConf.select(cfg, plain.rsplit(".", 1)[0] if "." in plain else plain, default=None) is None and "." in plain:
             raise ConfigError(f"override '{opt}': the config has no section '{key.rsplit('.', 1)[0]}'")
+        if not key.startswith("+"):
+            _check_known_key(cfg, opt, key)
+            before[opt] = OmegaConf.select(cfg, key, default=None)
     try:
-        return LazyConfig.apply_overrides(cfg, list(opts or ()))
+        cfg = LazyConfig.apply_overrides(cfg, list(opts or ()))
     except Exception as e:
         raise ConfigError(f"cannot apply overrides {list(opts)}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    for opt, old in before.items():
+        _check_type(opt, old, OmegaConf.select(cfg, opt.split("=", 1)[0], default=None))
+    return cfg
+
+
+#: Keys d2kd reads with a default when a config does not set them.
+OPTIONAL_KEYS = {
+    "train": (
+        "skip_nonfinite_kd_steps",  # d2kd.engine.nonfinite
+        "allow_pickle_checkpoints",  # d2kd.checkpoint
+        "allow_partial_init",  # Trainer.resume_or_load
+        "eval_teacher",
+    ),
+}
+
+
+def _check_known_key(cfg, opt: str, key: str) -> None:
+    """``train.max_iters=10`` would silently add an unused key to a plain section (``train``):
+    a typo. Call sections (with ``_target_``) may take new keyword arguments; ``+key=value``
+    adds a key on purpose."""
+    import difflib
+
+    if "." not in key:
+        return
+    parent_key, leaf = key.rsplit(".", 1)
+    parent = OmegaConf.select(cfg, parent_key, default=None)
+    if parent is None or not OmegaConf.is_dict(parent) or "_target_" in parent or leaf in parent:
+        return
+    if leaf in OPTIONAL_KEYS.get(parent_key, ()):
+        return
+    close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys()], n=1)
+    hint = f"did you mean '{parent_key}.{close[0]}'? " if close else ""
+    raise ConfigError(
+        f"override '{opt}': '{parent_key}' has no key '{leaf}'; {hint}(write +{key}=... to add a new key)"
+    )
+
+
+def _check_type(opt: str, old, new) -> None:
+    """A number/bool key overridden with something else (``train.max_iter=1e3x``) fails now,
+    not hours later."""
+    if old is None or new is None or isinstance(old, str):
+        return
+    kinds = {bool: (bool,), int: (int,), float: (int, float)}
+    for kind, ok in kinds.items():
+        if type(old) is kind and not (type(new) in ok and not (kind is not bool and type(new) is bool)):
+            raise ConfigError(
+                f"override '{opt}': expected {kind.__name__} (the config has {old!r}), got "
+                f"{type(new).__name__} {new!r}"
+            )
 
 
 def _dataset_names(node):

@@ -1,0 +1,197 @@
+"""Property tests (hypothesis) for every KD loss function: finite for finite inputs over wide
+ranges, non-negative where it should be, zero when the student equals the teacher (imitation
+losses), invariant to the order of the rows, and gradients only into the student side."""
+import pytest
+from conftest import D2_MISSING
+
+pytest.importorskip("detectron2", reason=D2_MISSING)
+hypothesis = pytest.importorskip("hypothesis")
+
+import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from d2kd.distill.adl import adaptive_distillation_loss  # noqa: E402
+from d2kd.distill.chen2017 import bounded_regression_batch, bounded_regression_per_box, weighted_soft_ce  # noqa: E402
+from d2kd.distill.gkd import decoupled_feature_loss, weighted_sigmoid_kd, weighted_softmax_kd  # noqa: E402
+from d2kd.distill.lshfm import l2_loss, lsh_loss  # noqa: E402
+from d2kd.distill.soft_label import sigmoid_kd_loss, softmax_kd_loss  # noqa: E402
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@st.composite
+def pairs(draw, max_rows=6, max_cols=5):
+    """(student, teacher, perm): two (R, C) float32 tensors at a random scale up to 1e3, a row
+    permutation."""
+    rows = draw(st.integers(1, max_rows))
+    cols = draw(st.integers(2, max_cols))
+    scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(rows, cols, generator=g) * scale
+    t = torch.randn(rows, cols, generator=g) * scale
+    perm = torch.randperm(rows, generator=g)
+    return s, t, perm
+
+
+temps = st.sampled_from([0.5, 1.0, 4.0, 10.0])
+
+
+def _check(loss_fn, s, t, perm, *, rows=(), nonneg=True, zero_at_equal=False, order_invariant=True, atol=1e-4):
+    """``loss_fn(student, teacher, *rows)``; ``rows``: other row-aligned inputs (targets)."""
+    s = s.clone().requires_grad_(True)
+    # Functions that detach the teacher themselves must leave it without gradient; for the others
+    # the lambdas detach (in training the teacher runs under no_grad with frozen parameters,
+    # checked in test_reliability_methods.py).
+    t = t.clone().requires_grad_(True)
+    out = loss_fn(s, t, *rows)
+    assert out.dim() == 0 and torch.isfinite(out), out
+    if nonneg:
+        assert out >= -1e-4 * max(1.0, abs(float(out))), out
+    out.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    assert t.grad is None or not t.grad.abs().sum(), "gradient reached the teacher"
+    with torch.no_grad():
+        if order_invariant:
+            again = loss_fn(s[perm], t[perm], *[r[perm] for r in rows])
+            assert torch.allclose(again, out, rtol=1e-4, atol=atol), (again, out)
+        if zero_at_equal:
+            same = loss_fn(s, s.detach().clone(), *rows)
+            assert abs(float(same)) <= 1e-4 * max(1.0, float(s.abs().max()) ** 2), same
+
+
+@SETTINGS
+@given(pairs(), temps)
+def test_softmax_kd(p, T):
+    s, t, perm = p
+    _check(lambda a, b: softmax_kd_loss(a, b.detach(), T), s, t, perm, zero_at_equal=True)
+
+
+@SETTINGS
+@given(pairs(), temps)
+def test_sigmoid_kd(p, T):
+    s, t, perm = p
+    _check(lambda a, b: sigmoid_kd_loss(a, b.detach(), T).mean(), s, t, perm, zero_at_equal=True)
+
+
+@SETTINGS
+@given(pairs(), temps)
+def test_gkd_weighted_kd(p, T):
+    s, t, perm = p
+    w = torch.rand(s.shape[0]) + 0.1
+    for fn in (weighted_softmax_kd, weighted_sigmoid_kd):
+        s_ = s.clone().requires_grad_(True)
+        out = fn(s_, t, T, w)
+        assert torch.isfinite(out) and out >= -1e-5
+        out.backward()
+        assert torch.isfinite(s_.grad).all()
+        assert torch.allclose(fn(s[perm], t[perm], T, w[perm]), out.detach(), rtol=1e-4, atol=1e-5)
+        assert abs(float(fn(s, s.clone(), T, w))) < 1e-4
+
+
+@SETTINGS
+@given(pairs(max_rows=3), st.integers(1, 4))
+def test_fitnet(p, hw):
+    """FeatureImitation's per-level term through the distiller (adapter = identity at s == t)."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from d2kd.distill import FeatureImitation
+
+    s, t, perm = p
+    N, C = s.shape
+    d = FeatureImitation(in_features=["p3"])
+    d.adapters["p3"] = nn.Conv2d(C, C, 1)
+    with torch.no_grad():
+        d.adapters["p3"].weight.copy_(torch.eye(C)[:, :, None, None])
+        d.adapters["p3"].bias.zero_()
+    g = torch.Generator().manual_seed(N * 7 + C)
+    fs = (s[:, :, None, None] * torch.rand(1, 1, hw, hw, generator=g)).requires_grad_(True)
+    ft = t[:, :, None, None] * torch.rand(1, 1, hw, hw, generator=g)
+    loss = d(SimpleNamespace(features={"p3": fs}), SimpleNamespace(features={"p3": ft}))["p3"]
+    assert torch.isfinite(loss) and loss >= 0
+    loss.backward()
+    assert torch.isfinite(fs.grad).all() and all(p_.grad is not None for p_ in d.parameters())
+    with torch.no_grad():
+        again = d(SimpleNamespace(features={"p3": fs[perm]}), SimpleNamespace(features={"p3": ft[perm]}))["p3"]
+        assert torch.allclose(again, loss, rtol=1e-4, atol=1e-6)
+        same = d(SimpleNamespace(features={"p3": fs}), SimpleNamespace(features={"p3": fs.clone()}))["p3"]
+        assert float(same) <= 1e-6 * max(1.0, float(fs.abs().max()) ** 2)
+
+
+@SETTINGS
+@given(pairs())
+def test_lshfm_l2(p):
+    s, t, perm = p
+    _check(lambda a, b: l2_loss(a, b.detach()), s, t, perm, zero_at_equal=True)
+
+
+@SETTINGS
+@given(pairs(max_cols=8), st.sampled_from(["bce", "l2", "l1"]))
+def test_lsh(p, kind):
+    s, t, perm = p
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, s.shape[1], generator=g)
+    b = torch.randn(16, generator=g)
+    # bce: non-negative but not zero at s == t (BCE of a 0/1 target against its own logit)
+    _check(lambda a, c: lsh_loss(a, c.detach(), w, b, kind), s, t, perm, zero_at_equal=kind != "bce")
+
+
+@SETTINGS
+@given(pairs(max_cols=4), st.sampled_from(["reference", "paper"]), st.sampled_from(["adaptive", 1.0]))
+def test_adl(p, form, normalizer):
+    s, t, perm = p
+    _check(
+        lambda a, b: adaptive_distillation_loss(a[None], b.detach()[None], form=form, normalizer=normalizer),
+        s, t, perm,
+    )
+
+
+@SETTINGS
+@given(pairs(), temps, st.sampled_from([0, -1]))
+def test_chen2017_weighted_soft_ce(p, T, bg):
+    s, t, perm = p
+    bg_index = bg % s.shape[1]
+    _check(lambda a, b: weighted_soft_ce(a, b, bg_index=bg_index, temperature=T), s, t, perm)
+
+
+@SETTINGS
+@given(pairs(max_cols=4), st.floats(0.0, 2.0))
+def test_chen2017_bounded_regression(p, margin):
+    s, t, perm = p
+    s, t = s[:, :4] if s.shape[1] >= 4 else s, t[:, :4] if t.shape[1] >= 4 else t
+    y = (s + t) / 2
+    _check(lambda a, b, yy: bounded_regression_batch(a, b, yy, margin), s, t, perm, rows=(y,))
+    _check(lambda a, b, yy: bounded_regression_per_box(a, b, yy, margin).sum(), s, t, perm, rows=(y,))
+    # a student that matches the targets exactly costs nothing
+    assert float(bounded_regression_per_box(y, t, y, margin).sum()) == 0.0
+
+
+@SETTINGS
+@given(pairs(max_rows=3, max_cols=3), st.integers(0, 2**31 - 1))
+def test_gkd_decoupled_feature_loss(p, seed):
+    s, t, perm = p
+    g = torch.Generator().manual_seed(seed)
+    N, C = s.shape
+    a = (s[:, :, None, None] * torch.randn(1, 1, 3, 4, generator=g)).requires_grad_(True)
+    b = t[:, :, None, None] * torch.randn(1, 1, 3, 4, generator=g)
+    mask = torch.rand(N, 3, 4, generator=g) * (torch.rand(N, 3, 4, generator=g) > 0.5)
+    fg, bg = decoupled_feature_loss(a, b, mask)
+    assert torch.isfinite(fg) and torch.isfinite(bg) and fg >= 0 and bg >= 0
+    (fg + bg).backward()
+    assert torch.isfinite(a.grad).all()
+    fg2, bg2 = decoupled_feature_loss(a.detach()[perm], b[perm], mask[perm])
+    assert torch.allclose(fg2, fg, rtol=1e-4, atol=1e-6) and torch.allclose(bg2, bg, rtol=1e-4, atol=1e-6)
+    z = decoupled_feature_loss(b, b.clone(), mask)
+    assert float(z[0]) == 0.0 and float(z[1]) == 0.0
+
+
+def test_every_distiller_has_a_property_test():
+    """A new method must add its loss functions here."""
+    from d2kd.distill import DISTILLER_REGISTRY
+
+    covered = {"FeatureImitation", "SoftLabelKD", "FGFI", "LSHFM", "ADL", "GKD", "Chen2017"}
+    registered = {name for name, _ in DISTILLER_REGISTRY}
+    assert registered <= covered, registered - covered
