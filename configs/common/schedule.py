@@ -41,4 +41,10 @@ train = dict(
     seed=-1,
     # Distillation runs: evaluate the teacher once before training, logged as teacher/<metric>.
     eval_teacher=True,
+    # Skip (replace by zero) non-finite KD terms for at most this many steps, then fail.
+    skip_nonfinite_kd_steps=0,
+    # Load .pkl checkpoints that need more than numpy arrays and plain types (runs pickle code).
+    allow_pickle_checkpoints=False,
+    # Let train.init_checkpoint load although it fits only part of the model.
+    allow_partial_init=False,
 )

@@ -64,7 +64,10 @@ def lsh_loss(f_s: Tensor, f_t: Tensor, weight: Tensor, bias: Optional[Tensor] = 
     with torch.no_grad():
         ht = F.linear(float32(f_t), float32(weight), None if bias is None else float32(bias))
     if kind == "bce":
-        return F.binary_cross_entropy_with_logits(hs, (ht > 0).float(), reduction="mean")
+        # NaN teacher projections stay NaN (not bit 0), so a broken teacher is reported by the
+        # non-finite loss guard instead of silently training the student towards garbage.
+        bits = torch.where(torch.isnan(ht), ht, (ht > 0).to(ht.dtype))
+        return F.binary_cross_entropy_with_logits(hs, bits, reduction="mean")
     if kind == "l2":
         return F.mse_loss(hs, ht, reduction="mean")
     if kind == "l1":
