@@ -163,3 +163,27 @@ def test_import_without_detectron2_says_how_to_install():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "d2kd needs detectron2" in proc.stderr and "--no-build-isolation" in proc.stderr
+
+
+def test_gradient_clipping_bounds_the_update():
+    """train.clip_grad_norm=c: the global gradient norm the optimizer steps with is at most c."""
+    import torch
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.utils.events import EventStorage
+
+    import d2kd  # noqa: F401
+    from d2kd.engine import Trainer
+
+    cfg = LazyConfig.apply_overrides(
+        LazyConfig.load("configs/shapes/faster_rcnn_student.py"), TINY + ["train.clip_grad_norm=0.01"]
+    )
+    model = Trainer.build_model(cfg).train()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    assert type(optimizer).__name__ == "SGDWithGradientClip"
+    with EventStorage(0):
+        sum(model(next(iter(instantiate(cfg.dataloader.train)))).values()).backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    before = torch.norm(torch.stack([p.grad.norm() for p in params])).item()
+    optimizer.step()
+    after = torch.norm(torch.stack([p.grad.norm() for p in params])).item()
+    assert before > 0.01 and after == pytest.approx(0.01, rel=1e-3)

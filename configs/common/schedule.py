@@ -39,6 +39,8 @@ train = dict(
     log_period=20,
     device="cuda" if torch.cuda.is_available() else "cpu",
     seed=-1,
+    # Clip the global gradient norm at this value before each step (0: no clipping).
+    clip_grad_norm=0.0,
     # Distillation runs: evaluate the teacher once before training, logged as teacher/<metric>.
     eval_teacher=True,
     # Skip (replace by zero) non-finite KD terms for at most this many steps, then fail.

@@ -9,7 +9,7 @@ compare: the README's distilled model ("VGG-11-I": 8 GPUs x 2 = batch 16, lr 3e-
 one epoch = 2 x 16551 flip-doubled images / 16 = 2069 iterations. The first 7 VGG11 modules
 (conv1_1, conv2_1, conv3_1) are frozen (``freeze_layers=3``).
 ImageNet init: ``python -m d2kd.modeling.backbone.vgg vgg11-bbd30ac9.pth pretrained/vgg11_d2.pkl --prefix backbone.``
-Not reproduced: gradient-norm clipping at 10 (no clipping hook in the LazyConfig trainer).
+Gradient-norm clipping at 10 as faster-rcnn.pytorch's ``clip_gradient(model, 10.)`` (``train.clip_grad_norm``).
 """
 from ..common.data.voc import NUM_CLASSES, voc_dataloader
 from ..common.models.faster_rcnn_vgg import faster_rcnn_vgg
@@ -24,6 +24,7 @@ optimizer.weight_decay = 5e-4
 optimizer.params.base_lr = "${..lr}"  # bias_lr_factor needs it
 optimizer.params.bias_lr_factor = 2.0
 optimizer.params.weight_decay_bias = 0.0
+train.clip_grad_norm = 10.0
 train.max_iter = 15 * EPOCH
 lr_multiplier = step_schedule(train.max_iter, steps=(8 * EPOCH / train.max_iter,), warmup_iters=0)
 train.init_checkpoint = "pretrained/vgg11_d2.pkl"

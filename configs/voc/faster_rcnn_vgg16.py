@@ -6,7 +6,7 @@ bias lr x2 without decay, no warm-up; one "epoch" = the flip-doubled 07+12 train
 (2 x 16551 images) = 33102 iterations at batch 1. conv1-conv2 frozen (faster-rcnn.pytorch VGG16).
 ImageNet init: torchvision's vgg16 converted with
 ``python -m d2kd.modeling.backbone.vgg vgg16-397923af.pth pretrained/vgg16_d2.pkl --prefix backbone.``
-Not reproduced: gradient-norm clipping at 10 (no clipping hook in d2kd's LazyConfig trainer),
+Gradient-norm clipping at 10 as the reference (``train.clip_grad_norm``). Not reproduced:
 ImageNet-initialised fc6/fc7, and the reference's 'crop'/'align' pooling details.
 """
 from ..common.data.voc import NUM_CLASSES, voc_dataloader
@@ -22,6 +22,7 @@ optimizer.weight_decay = 5e-4
 optimizer.params.base_lr = "${..lr}"  # bias_lr_factor needs it
 optimizer.params.bias_lr_factor = 2.0
 optimizer.params.weight_decay_bias = 0.0
+train.clip_grad_norm = 10.0
 train.max_iter = 7 * EPOCH
 lr_multiplier = step_schedule(train.max_iter, steps=(5 * EPOCH / train.max_iter,), warmup_iters=0)
 train.init_checkpoint = "pretrained/vgg16_d2.pkl"

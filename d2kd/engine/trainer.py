@@ -75,9 +75,20 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         cfg.optimizer.params.model = model
         try:
-            return instantiate(cfg.optimizer)
+            optimizer = instantiate(cfg.optimizer)
         finally:
             cfg.optimizer.params.model = None  # keep the config serialisable
+        max_norm = cfg.train.get("clip_grad_norm", 0.0) or 0.0
+        if max_norm > 0:
+            # Global-norm clipping (FGFI's reference clips at 10; LSHFM's NaN mitigation, §3.5),
+            # with Detectron2's own optimizer wrapper, the one SOLVER.CLIP_GRADIENTS uses.
+            from detectron2.solver.build import _generate_optimizer_class_with_gradient_clipping
+
+            optimizer.__class__ = _generate_optimizer_class_with_gradient_clipping(
+                type(optimizer),
+                global_clipper=lambda params: torch.nn.utils.clip_grad_norm_(list(params), max_norm),
+            )
+        return optimizer
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

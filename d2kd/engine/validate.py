@@ -44,6 +44,7 @@ OPTIONAL_KEYS = {
         "allow_pickle_checkpoints",  # d2kd.checkpoint
         "allow_partial_init",  # Trainer.resume_or_load
         "eval_teacher",
+        "clip_grad_norm",  # Trainer.build_optimizer
     ),
 }
 
