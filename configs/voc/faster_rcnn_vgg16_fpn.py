@@ -8,18 +8,9 @@ Model: configs/common/models/faster_rcnn_vgg_fpn.py (plain VGG, stages 1-2 froze
 ImageNet init: torchvision's vgg16-397923af.pth converted with
 ``python -m d2kd.modeling.backbone.vgg vgg16-397923af.pth pretrained/vgg16_fpn_d2.pkl --prefix backbone.bottom_up.``
 """
-from ..common.data.voc import NUM_CLASSES, voc_dataloader
-from ..common.models.faster_rcnn_vgg_fpn import faster_rcnn_vgg_fpn
-from ..common.schedule import optimizer, step_schedule, train
+# The student baseline's recipe, deeper (as Detectron2's own R101 LazyConfigs derive from R50).
+from .faster_rcnn_vgg11_fpn import dataloader, lr_multiplier, model, optimizer, train
 
-dataloader = voc_dataloader(image_format="RGB")
-model = faster_rcnn_vgg_fpn(depth=16, num_classes=NUM_CLASSES)
-model.proposal_generator.pre_nms_topk = (4000, 2000)  # LSHFM: 4000/2000 (torchvision 2000/1000)
-optimizer.lr = 0.01
-EPOCH = 2069  # VOC07+12 trainval, 16551 images / batch 8
-train.max_iter = 24 * EPOCH
-lr_multiplier = step_schedule(train.max_iter, steps=(18 / 24, 22 / 24), warmup_iters=1000, warmup_factor=0.001)
-train.eval_period = 2 * EPOCH
-train.checkpointer.period = 2 * EPOCH
+model.backbone.bottom_up.depth = 16
 train.init_checkpoint = "pretrained/vgg16_fpn_d2.pkl"
 train.output_dir = "output/voc/faster_rcnn_vgg16_fpn"
