@@ -4,8 +4,7 @@ from typing import Dict, List, Sequence
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
-from ...distill.build import build_distillers_from_cfg
-from ...teacher import Teacher, build_teacher
+from ...teacher import Teacher
 from ..parts import roi_heads_training, rpn_outputs
 from ..records import DetectorRecord
 from .distillation import DistillationMixin
@@ -31,14 +30,6 @@ class DistillationRCNN(DistillationMixin, GeneralizedRCNN):
         if self.proposal_generator is None:
             raise ValueError("DistillationRCNN needs an RPN (precomputed proposals are not supported)")
         self._init_distillation(teacher, distillers)
-
-    @classmethod
-    def from_config(cls, cfg):
-        ret = GeneralizedRCNN.from_config(cfg)
-        t = cfg.MODEL.DISTILL.TEACHER
-        ret["teacher"] = build_teacher(config_file=t.CONFIG_FILE, weights=t.WEIGHTS, opts=t.OPTS)
-        ret["distillers"] = build_distillers_from_cfg(cfg)
-        return ret
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:

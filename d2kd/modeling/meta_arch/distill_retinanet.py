@@ -7,8 +7,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
-from ...distill.build import build_distillers_from_cfg
-from ...teacher import Teacher, build_teacher
+from ...teacher import Teacher
 from ..parts import retinanet_head_outputs
 from ..records import DetectorRecord
 from .distillation import DistillationMixin
@@ -26,14 +25,6 @@ class DistillationRetinaNet(DistillationMixin, RetinaNet):
     def __init__(self, *, teacher: Teacher, distillers: Sequence = (), **kwargs):
         super().__init__(**kwargs)
         self._init_distillation(teacher, distillers)
-
-    @classmethod
-    def from_config(cls, cfg):
-        ret = RetinaNet.from_config(cfg)
-        t = cfg.MODEL.DISTILL.TEACHER
-        ret["teacher"] = build_teacher(config_file=t.CONFIG_FILE, weights=t.WEIGHTS, opts=t.OPTS)
-        ret["distillers"] = build_distillers_from_cfg(cfg)
-        return ret
 
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:

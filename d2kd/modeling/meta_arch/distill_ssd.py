@@ -24,8 +24,7 @@ from detectron2.config import configurable
 from detectron2.layers import move_device_like
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ...distill.build import build_distillers_from_cfg
-from ...teacher import Teacher, build_teacher
+from ...teacher import Teacher
 from ..records import DetectorRecord
 from .distillation import DistillationMixin
 from .ssd import SSD
@@ -126,14 +125,6 @@ class DistillationSSD(DistillationMixin, SSD):
         """
         super().__init__(**kwargs)
         self._init_distillation(teacher, distillers)
-
-    @classmethod
-    def from_config(cls, cfg):
-        ret = SSD.from_config(cfg)
-        t = cfg.MODEL.DISTILL.TEACHER
-        ret["teacher"] = build_teacher(config_file=t.CONFIG_FILE, weights=t.WEIGHTS, opts=t.OPTS)
-        ret["distillers"] = build_distillers_from_cfg(cfg)
-        return ret
 
     def _move_to_current_device(self, x: Tensor) -> Tensor:  # used by preprocess_pair
         return move_device_like(x, self.pixel_mean)

@@ -58,6 +58,18 @@ class DistillationMixin:
         self.train_size_divisibility = s * t // math.gcd(s, t) if s and t else max(s, t)
         teacher.apply(lambda x: x.to(self.device))
 
+    @classmethod
+    def from_config(cls, cfg):
+        """yacs: the student's own arguments plus ``MODEL.DISTILL``'s teacher and distillers."""
+        from ...distill.build import build_distillers_from_cfg
+        from ...teacher import build_teacher
+
+        ret = cls.student_class.from_config(cfg)
+        t = cfg.MODEL.DISTILL.TEACHER
+        ret["teacher"] = build_teacher(config_file=t.CONFIG_FILE, weights=t.WEIGHTS, opts=t.OPTS)
+        ret["distillers"] = build_distillers_from_cfg(cfg)
+        return ret
+
     # ---- checks at build time -----------------------------------------------------------------
     def _check_teacher(self):
         from ...teacher import detector_num_classes
