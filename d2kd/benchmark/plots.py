@@ -72,31 +72,43 @@ def _groups(d: Dict) -> List:
 
 
 def plot_curves(results: Dict, path: str, what: str) -> str:
-    """``what``: "loss" (total_loss vs iteration) or "ap" (box AP vs iteration), one line per run."""
+    """``what``: "loss" (detection loss = total − KD terms, and the weighted KD loss, vs iteration)
+    or "ap" (box AP vs iteration); one line per run."""
     dets = list(results["detectors"])
-    fig, axes = plt.subplots(1, max(len(dets), 1), figsize=(6.5 * max(len(dets), 1), 4.2), squeeze=False)
+    rows = 2 if what == "loss" else 1
+    fig, axes = plt.subplots(rows, max(len(dets), 1), figsize=(6.5 * max(len(dets), 1), 4.2 * rows), squeeze=False)
     cmap = plt.get_cmap("tab10")
-    for ax, det in zip(axes[0], dets):
+    for col, det in enumerate(dets):
         d = results["detectors"][det]
         for gi, (label, runs, style) in enumerate(_groups(d)):
             for ri, run in enumerate(runs):
                 c = run.get("curves") or {}
-                xs, ys = (c.get("loss_iter"), c.get("total_loss")) if what == "loss" else (c.get("ap_iter"), c.get("ap"))
-                if not xs:
-                    continue
-                ax.plot(xs, ys, style, color=cmap(gi % 10), marker="o" if what == "ap" else None, markersize=3,
-                        label=label if ri == 0 else None, linewidth=1)
+                if what == "ap":
+                    series = [(axes[0][col], c.get("ap_iter"), c.get("ap"))]
+                else:
+                    det_loss = [t - k for t, k in zip(c.get("total_loss") or [], c.get("kd_loss") or [])]
+                    series = [(axes[0][col], c.get("loss_iter"), det_loss)]
+                    if any(c.get("kd_loss") or []):
+                        series.append((axes[1][col], c.get("loss_iter"), c.get("kd_loss")))
+                for ax, xs, ys in series:
+                    if xs:
+                        ax.plot(xs, ys, style, color=cmap(gi % 10), marker="o" if what == "ap" else None,
+                                markersize=3, label=label if ri == 0 else None, linewidth=1)
         if what == "ap":
             te = (d.get("teacher") or {}).get("eval") or {}
             if _ok(te.get("AP")):
-                ax.axhline(te["AP"], color="black", linewidth=0.8, linestyle="-.", label="teacher")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("total training loss (incl. KD terms)" if what == "loss" else "box AP")
-        if what == "loss":
-            ax.set_yscale("log")
-        ax.set_title(det)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+                axes[0][col].axhline(te["AP"], color="black", linewidth=0.8, linestyle="-.", label="teacher")
+        ylabels = ["box AP"] if what == "ap" else ["detection loss (total − KD terms)", "KD loss (weighted sum)"]
+        for r in range(rows):
+            ax = axes[r][col]
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(ylabels[r])
+            if what == "loss":
+                ax.set_yscale("log")
+            ax.set_title(det)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
