@@ -1,5 +1,4 @@
 """The distillation spine: teacher isolation, equivalence with the plain student, export, resume."""
-import copy
 import os
 
 import pytest
@@ -12,7 +11,7 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
-from d2kd.distill import FeatureImitation, KDSchedule, SoftLabelKD  # noqa: E402
+from d2kd.distill import FeatureImitation, KDSchedule  # noqa: E402
 from d2kd.distill.base import check_levels  # noqa: E402
 from d2kd.distill.soft_label import sigmoid_kd_loss, softmax_kd_loss  # noqa: E402
 from d2kd.engine import Trainer  # noqa: E402

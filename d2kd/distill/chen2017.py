@@ -43,7 +43,7 @@ Teacher tensors are detached (the reference does not detach them, METHODS.md §1
 Hyper-parameters (METHODS.md §7): mu 0.5, w_bg 1.5, w_obj 1, T 1, nu 0.5, margin 0, lam 1,
 gamma_hint 0.5.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

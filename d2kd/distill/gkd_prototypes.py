@@ -344,7 +344,6 @@ class GKDPrototypeHook(HookBase):
         from detectron2.data import detection_utils as utils
         from detectron2.data import transforms as T
 
-        d = self.distiller
         augs, fmt = self._test_augmentations()
         fmt = fmt or model.input_format
         dicts = self._dicts()

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms, get_norm, move_device_like
+from detectron2.layers import batched_nms, get_norm, move_device_like
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
