@@ -65,9 +65,9 @@ def test_writes_results_md_json_and_plots(bench):
     assert all(r["status"] == "done" for r in res["runs"]), [r for r in res["runs"] if r["status"] != "done"]
     # the table: teacher, baseline and one row per method, with numbers
     md = (out / "results.md").read_text()
-    assert re.search(r"^\| teacher \| 2 \| \d+\.\d \|", md, re.M), md
-    assert re.search(r"^\| baseline student \| 2 \| \d+\.\d \|", md, re.M), md
-    row = re.search(r"^\| \*\*fitnet\*\* \| 2 \| (\d+\.\d) \| .*$", md, re.M)
+    assert re.search(r"^\| teacher \| 2 \| \d+\.\d+ \|", md, re.M), md
+    assert re.search(r"^\| baseline student \| 2 \| \d+\.\d+ \|", md, re.M), md
+    row = re.search(r"^\| \*\*fitnet\*\* \| 2 \| (\d+\.\d+)( ± \d+\.\d+)? \| .*$", md, re.M)
     assert row, md
     assert "wall-clock of fitnet" in md and "## Distillation overhead" in md
     assert "## Peak memory" in md and "## Targets" in md

@@ -156,6 +156,15 @@ def _pm(stat, nd=1, sign=False):
     return s
 
 
+def _ap_digits(d: Dict) -> int:
+    """Two decimals when every AP of the detector's table is below 10 (else one)."""
+    aps = [((d.get("teacher") or {}).get("eval") or {}).get("AP")]
+    aps += [b["summary"]["AP"]["mean"] for b in d["baselines"].values()]
+    aps += [r["summary"]["AP"]["mean"] for r in d["methods"].values()]
+    aps = [a for a in aps if a is not None and not math.isnan(a)]
+    return 2 if aps and max(aps) < 10 else 1
+
+
 def _jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -187,6 +196,7 @@ def markdown(results: Dict) -> str:
              f"`{s.get('val_set', '?')}`.\n")
     for det, d in results["detectors"].items():
         L.append(f"## {det}\n")
+        nd = _ap_digits(d)
         t = d.get("teacher") or {}
         L.append(f"Teacher `{t.get('config')}` (weights `{t.get('weights')}`, "
                  f"{'reused' if t.get('reused') else 'trained by this benchmark'}); "
@@ -195,23 +205,23 @@ def markdown(results: Dict) -> str:
                  "gain AP (equal wall-clock) | train time (s) | s/iter |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         te = t.get("eval") or {}
-        L.append(f"| teacher | {t.get('iters', '–')} | {_f(te.get('AP'))} | {_f(te.get('AP50'))} | "
-                 f"{_f(te.get('APs'))} | | | | {_f(t.get('train_s'), 0)} | {_f(t.get('s_per_iter'), 3)} |")
+        L.append(f"| teacher | {t.get('iters', '–')} | {_f(te.get('AP'), nd)} | {_f(te.get('AP50'), nd)} | "
+                 f"{_f(te.get('APs'), nd)} | | | | {_f(t.get('train_s'), 0)} | {_f(t.get('s_per_iter'), 3)} |")
         for bname, b in d["baselines"].items():
             bs = b["summary"]
             L.append(f"| baseline student{'' if bname == 'default' else f' ({bname})'} | {bs['iters']} | "
-                     f"{_pm(bs['AP'])} | {_pm(bs['AP50'])} | {_pm(bs['APs'])} | | | | "
+                     f"{_pm(bs['AP'], nd)} | {_pm(bs['AP50'], nd)} | {_pm(bs['APs'], nd)} | | | | "
                      f"{_pm(bs['train_s'], 0)} | {_pm(bs['s_per_iter'], 3)} |")
         for m, r in d["methods"].items():
             ms = r["summary"]
             wc = r.get("wallclock") or {}
-            L.append(f"| **{m}** | {ms['iters']} | {_pm(ms['AP'])} | {_pm(ms['AP50'])} | {_pm(ms['APs'])} | "
-                     f"{_pm(r['gain_equal_iters'], sign=True)} | {_f(100 * r['gap_closure'], 0) + ' %' if r.get('gap_closure') is not None and not math.isnan(r['gap_closure']) else '–'} | "
-                     f"{_pm(r.get('gain_equal_wallclock'), sign=True)} | {_pm(ms['train_s'], 0)} | {_pm(ms['s_per_iter'], 3)} |")
+            L.append(f"| **{m}** | {ms['iters']} | {_pm(ms['AP'], nd)} | {_pm(ms['AP50'], nd)} | {_pm(ms['APs'], nd)} | "
+                     f"{_pm(r['gain_equal_iters'], nd, sign=True)} | {_f(100 * r['gap_closure'], 0) + ' %' if r.get('gap_closure') is not None and not math.isnan(r['gap_closure']) else '–'} | "
+                     f"{_pm(r.get('gain_equal_wallclock'), nd, sign=True)} | {_pm(ms['train_s'], 0)} | {_pm(ms['s_per_iter'], 3)} |")
             if wc.get("summary"):
                 ws = wc["summary"]
                 L.append(f"| baseline, wall-clock of {m} (×{_f(wc.get('step_ratio'), 2)}) | {ws['iters']} | "
-                         f"{_pm(ws['AP'])} | {_pm(ws['AP50'])} | {_pm(ws['APs'])} | | | | "
+                         f"{_pm(ws['AP'], nd)} | {_pm(ws['AP50'], nd)} | {_pm(ws['APs'], nd)} | | | | "
                          f"{_pm(ws['train_s'], 0)} | {_pm(ws['s_per_iter'], 3)} |")
         L.append("")
         L.append("Gap closure = (distilled − baseline) / (teacher − baseline), AP at equal iterations. "
