@@ -13,8 +13,10 @@ from d2kd.modeling.backbone import make_resnet_stages
 
 
 def retinanet(*, depth=50, width=64, fpn_channels=256, head_convs=4, anchor_base=32, norm="FrozenBN",
-              num_classes=80):
-    """``anchor_base``: anchor size on p3 (32 for COCO-size images, 8 for 128-px shapes)."""
+              head_norm="", num_classes=80):
+    """``anchor_base``: anchor size on p3 (32 for COCO-size images, 8 for 128-px shapes).
+    ``head_norm``: "" (the RetinaNet paper's head) or "BN" (Detectron2's per-level BN in the
+    head convs), which a head trained from scratch needs to learn at a useful pace."""
     return L(RetinaNet)(
         backbone=L(FPN)(
             bottom_up=L(ResNet)(
@@ -31,6 +33,7 @@ def retinanet(*, depth=50, width=64, fpn_channels=256, head_convs=4, anchor_base
             input_shape=[ShapeSpec(channels=fpn_channels)] * 5,
             num_classes="${..num_classes}",
             conv_dims=[fpn_channels] * head_convs,
+            norm=head_norm,
             prior_prob=0.01,
             num_anchors=9,
         ),
