@@ -187,3 +187,22 @@ def test_gradient_clipping_bounds_the_update():
     optimizer.step()
     after = torch.norm(torch.stack([p.grad.norm() for p in params])).item()
     assert before > 0.01 and after == pytest.approx(0.01, rel=1e-3)
+
+
+def test_demo_tool_draws_predictions_to_png(trained, tmp_path):
+    import importlib.util
+
+    import cv2
+
+    out, _ = trained
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(os.path.dirname(__file__), "..", "tools", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    written = demo.main(["--predictor", os.path.join(out, "student", "predictor.yaml"),
+                         "--input", "shapes://shapes_tiny_val/000000.png", "shapes://shapes_tiny_val/000001.png",
+                         "--output", str(tmp_path), "--score-thresh", "0.0"])
+    assert len(written) == 2
+    image = cv2.imread(written[0])
+    assert image is not None and image.shape[0] == 512 and image.shape[1] == 512  # 128 px drawn at 4x
+    with pytest.raises(SystemExit, match="predictor config not found"):
+        demo.main(["--predictor", str(tmp_path / "nope.yaml"), "--input", "x.png"])
