@@ -201,12 +201,6 @@ class MobileNetV2SSDLite(Backbone):
                 out[f"extra{i}"] = x
         return out
 
-    def output_shape(self):
-        return {
-            f: ShapeSpec(channels=self._out_feature_channels[f], stride=self._out_feature_strides[f])
-            for f in self._out_features
-        }
-
 
 @BACKBONE_REGISTRY.register()
 def build_mobilenetv2_ssdlite_backbone(cfg, input_shape: ShapeSpec):

@@ -265,13 +265,6 @@ class VGG(Backbone):
                 outputs[name] = x
         return {f: outputs[f] for f in self._out_features}
 
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            f: ShapeSpec(
-                channels=self._out_feature_channels[f], stride=self._out_feature_strides[f]
-            )
-            for f in self._out_features
-        }
 
     @property
     def size_divisibility(self) -> int:
