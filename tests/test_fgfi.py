@@ -17,7 +17,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
 from d2kd.distill import FGFI  # noqa: E402
-from d2kd.distill.fgfi import fgfi_masks, init_adapter_weight, pairwise_iou_plus_one  # noqa: E402
+from d2kd.distill.fgfi import fgfi_masks, fgfi_masks_batch, init_adapter_weight, pairwise_iou_plus_one  # noqa: E402
 from d2kd.modeling.records import DetectorRecord, RPNRecord  # noqa: E402
 
 torch.set_num_threads(1)
@@ -189,6 +189,32 @@ def test_masks_match_a_loop_transcription_of_the_reference(plus_one):
         ref = reference_masks(anchors, grids, gt, plus_one=plus_one)
         for a, b in zip(ours, ref):
             assert a.numpy().tolist() == b.tolist()
+
+
+@pytest.mark.parametrize("plus_one", [True, False])
+@pytest.mark.parametrize("max_over", ["all_levels", "per_level"])
+def test_batched_masks_equal_the_reference_loop_image_by_image(plus_one, max_over):
+    """One padded IoU for the batch (what FGFI.forward uses) = the loop transcription per image,
+    with GT counts 0..4 in one batch (padding must never enter a mask or a threshold)."""
+    gen = torch.Generator().manual_seed(1)
+    anchors = [grid_anchors(6, 5, 8, [8, 16, 24]), grid_anchors(3, 3, 16, [16, 32, 48])]
+    grids = [(6, 5), (3, 3)]
+    gts = []
+    for g in [3, 0, 1, 4]:
+        xy = torch.rand(g, 2, generator=gen) * 40
+        wh = torch.rand(g, 2, generator=gen) * 30 + 1
+        gts.append(torch.cat([xy, xy + wh], dim=1).round())
+    batch = fgfi_masks_batch(anchors, grids, gts, iou_plus_one=plus_one, max_over=max_over)
+    assert [tuple(m.shape) for m in batch] == [(4, 6, 5), (4, 3, 3)]
+    for i, gt in enumerate(gts):
+        if max_over == "all_levels":
+            ref = reference_masks(anchors, grids, gt, plus_one=plus_one)
+        else:  # each level on its own is the all-levels rule over that level alone
+            ref = [reference_masks([a], [hw], gt, plus_one=plus_one)[0] for a, hw in zip(anchors, grids)]
+        for level, expected in zip(batch, ref):
+            assert level[i].numpy().tolist() == expected.tolist()
+    assert not batch[0][1].any() and not batch[1][1].any()  # the image without GT
+    assert any(level.any() for level in batch)
 
 
 # ----------------------------------------------------------------------------- adapter
