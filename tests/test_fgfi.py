@@ -303,6 +303,32 @@ def test_loss_value_against_a_direct_loop():
     assert loss.item() == pytest.approx(num / (2 * count), rel=1e-5)
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_adapter_at_mask_cells_equals_the_dense_conv_values_and_gradients(relu):
+    """FGFI evaluates its 3x3 adapter only at mask cells; values and the gradients reaching the
+    student features and the adapter equal those of the dense conv read at the same cells
+    (border cells included: the conv's zero padding)."""
+    torch.manual_seed(0)
+    d = FGFI(in_features=["p3"], adapter_relu=relu)
+    student, teacher = fake_models(["p3"], 4, 6, [8])
+    d.bind(student, teacher)
+    torch.nn.init.normal_(d.adapters["p3"][0].weight, std=0.3)
+    torch.nn.init.normal_(d.adapters["p3"][0].bias, std=0.3)
+    mask = torch.rand(2, 5, 7) < 0.4
+    mask[0, 0, 0] = mask[1, 4, 6] = True  # corners: padding matters there
+    target = torch.randn(int(mask.sum()), 6)
+    grads = []
+    for sparse in (True, False):
+        s = torch.randn(2, 4, 5, 7, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        d.zero_grad()
+        out = d.adapt_at("p3", s, mask) if sparse else d.adapters["p3"](s).permute(0, 2, 3, 1)[mask]
+        ((out - target) ** 2).sum().backward()
+        grads.append((out.detach(), s.grad, d.adapters["p3"][0].weight.grad.clone(), d.adapters["p3"][0].bias.grad.clone()))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert grads[0][1].abs().sum() > 0
+
+
 def test_no_gt_batch_gives_finite_zero_that_keeps_the_graph():
     d = FGFI(in_features=["p4"])
     student, teacher = fake_models(["p4"], 2, 3, [16])
