@@ -133,10 +133,11 @@ def test_dataset_dicts_are_valid_detectron2_annotations():
             assert a["category_id"] in range(len(CLASS_NAMES))
             assert a["iscrowd"] == 0
             sizes.append(math.sqrt((x2 - x1) * (y2 - y1)))
-    # difficulty knobs: many objects, mostly small, some up to about half the image
-    assert 6 <= np.mean(counts) <= 13, np.mean(counts)
+    # difficulty knobs: several objects, mostly small (none below ~10 px), some up to about
+    # half the image
+    assert 4 <= np.mean(counts) <= 6.5, np.mean(counts)
     assert min(counts) >= 1
-    assert np.median(sizes) < 24 and np.percentile(sizes, 5) < 8 and max(sizes) > 45
+    assert 18 < np.median(sizes) < 30 and 9 < np.percentile(sizes, 5) < 14 and max(sizes) > 45
     cats = np.bincount([a["category_id"] for d in dicts[:300] for a in d["annotations"]],
                        minlength=len(CLASS_NAMES))
     assert (cats > 0.6 * cats.mean()).all(), cats  # every class well represented
