@@ -87,6 +87,22 @@ def test_prior_counts_at_300px_from_real_feature_maps():
     assert g_aligned(_sizes(mbv2)).shape == (3000, 4)
 
 
+def test_vgg_norm_option_adds_a_norm_after_every_conv_and_keeps_the_outputs():
+    plain = VGG16SSD(layout="aligned", width_mult=0.125)
+    bn = VGG16SSD(layout="aligned", width_mult=0.125, norm="BN")
+    convs = [m for m in bn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == len([m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]) == 13 + 2 + 10
+    assert all(isinstance(c.norm, torch.nn.BatchNorm2d) and c.bias is None for c in convs)
+    keys = set(bn.state_dict())
+    assert "conv1_1.norm.running_mean" in keys and "conv1_1.bias" not in keys
+    assert "conv1_1.bias" in plain.state_dict()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        a, b = plain.eval()(x), bn.eval()(x)
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert bn.output_shape() == plain.output_shape()
+
+
 def test_prior_coordinates_by_hand():
     p = SSDPriorGenerator(**PRIOR_PRESETS["classic"])(
         [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)])

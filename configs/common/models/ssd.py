@@ -52,10 +52,11 @@ def _ssd(backbone, priors, num_classes, head_type):
     )
 
 
-def vgg16_ssd300(*, layout="classic", width_mult=1.0, num_classes=20, priors=None, hint=True):
-    """VGG16-SSD (``layout`` classic | aligned); ``priors`` default: the layout's 300-px preset."""
+def vgg16_ssd300(*, layout="classic", width_mult=1.0, num_classes=20, priors=None, hint=True, norm=""):
+    """VGG16-SSD (``layout`` classic | aligned); ``priors`` default: the layout's 300-px preset;
+    ``norm`` after every conv ("" = the original; "BN" to train from scratch)."""
     sources = list(VGG_SSD_LAYOUTS[layout]["sources"])
-    backbone = L(VGG16SSD)(layout=layout, width_mult=width_mult,
+    backbone = L(VGG16SSD)(layout=layout, width_mult=width_mult, norm=norm,
                            out_features=sources + (["conv4_3"] if hint else []))
     model = _ssd(backbone, priors or ssd_priors(layout), num_classes, "conv")
     model.head_in_features = sources

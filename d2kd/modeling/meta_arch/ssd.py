@@ -618,7 +618,7 @@ def add_ssd_config(cfg: CN) -> CN:
     centres from feature-map sizes, for inputs other than IMAGE_SIZE), CLIP}, IOU_THRESHOLD,
     NEG_POS_RATIO, BBOX_REG_VARIANCES, SMOOTH_L1_BETA, SCORE_THRESH_TEST, NMS_THRESH_TEST,
     TOPK_CANDIDATES_TEST (per class before NMS), DETECTIONS_PER_IMAGE.
-    MODEL.VGG_SSD: LAYOUT ("classic" | "aligned"), WIDTH_MULT, L2NORM_SCALE, OUT_FEATURES.
+    MODEL.VGG_SSD: LAYOUT ("classic" | "aligned"), WIDTH_MULT, L2NORM_SCALE, OUT_FEATURES, NORM.
     MODEL.MOBILENETV2_SSDLITE: WIDTH_MULT, NORM, OUT_FEATURES.
     An empty list means "the default". Global keys used: MODEL.PIXEL_MEAN/PIXEL_STD (set
     [127]*3 / [128]*3 for the reference recipe), INPUT.FORMAT, MODEL.BACKBONE.NAME
@@ -652,6 +652,7 @@ def add_ssd_config(cfg: CN) -> CN:
     cfg.MODEL.VGG_SSD.LAYOUT = "classic"
     cfg.MODEL.VGG_SSD.WIDTH_MULT = 1.0
     cfg.MODEL.VGG_SSD.L2NORM_SCALE = 20.0
+    cfg.MODEL.VGG_SSD.NORM = ""
     cfg.MODEL.VGG_SSD.OUT_FEATURES = []
 
     cfg.MODEL.MOBILENETV2_SSDLITE = CN()
