@@ -14,6 +14,17 @@ optimizer = L(torch.optim.SGD)(
 )
 
 
+def adamw(lr, *, weight_decay=0.05):
+    """AdamW without weight decay on norm layers. From-scratch shapes models learn 1.5-2x faster
+    with it than with SGD in a few hundred iterations (0.2 M RetinaNet student, 600 iterations:
+    3.0 AP vs 2.0 with SGD at its best lr of 0.04)."""
+    return L(torch.optim.AdamW)(
+        params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
+        lr=lr,
+        weight_decay=weight_decay,
+    )
+
+
 def step_schedule(max_iter, *, steps=(0.75, 0.92), warmup_iters=100, warmup_factor=0.001):
     """Multi-step LR (×0.1 at each fraction of ``max_iter``) after a linear warm-up."""
     return L(WarmupParamScheduler)(

@@ -15,8 +15,11 @@ from d2kd.modeling.backbone import make_resnet_stages
 
 
 def faster_rcnn(*, depth=50, width=64, fpn_channels=256, fc_dim=1024, anchor_base=32, norm="FrozenBN",
-                num_classes=80, rpn_batch=256, roi_batch=512):
-    """``anchor_base``: anchor size on p2 (32 for COCO-size images, 8 for 128-px shapes)."""
+                num_classes=80, rpn_batch=256, roi_batch=512, pre_nms_topk=(2000, 1000),
+                post_nms_topk=(1000, 1000)):
+    """``anchor_base``: anchor size on p2 (32 for COCO-size images, 8 for 128-px shapes).
+    ``pre_nms_topk``/``post_nms_topk``: (train, test) RPN proposals per level before NMS / per
+    image after it (Detectron2's FPN defaults; small images with a few objects need far fewer)."""
     return L(GeneralizedRCNN)(
         backbone=L(FPN)(
             bottom_up=L(ResNet)(
@@ -41,8 +44,8 @@ def faster_rcnn(*, depth=50, width=64, fpn_channels=256, fc_dim=1024, anchor_bas
             box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
             batch_size_per_image=rpn_batch,
             positive_fraction=0.5,
-            pre_nms_topk=(2000, 1000),
-            post_nms_topk=(1000, 1000),
+            pre_nms_topk=pre_nms_topk,
+            post_nms_topk=post_nms_topk,
             nms_thresh=0.7,
         ),
         roi_heads=L(StandardROIHeads)(

@@ -13,10 +13,12 @@ from d2kd.modeling.backbone import make_resnet_stages
 
 
 def retinanet(*, depth=50, width=64, fpn_channels=256, head_convs=4, anchor_base=32, norm="FrozenBN",
-              head_norm="", num_classes=80):
+              fpn_norm="", head_norm="", num_classes=80):
     """``anchor_base``: anchor size on p3 (32 for COCO-size images, 8 for 128-px shapes).
-    ``head_norm``: "" (the RetinaNet paper's head) or "BN" (Detectron2's per-level BN in the
-    head convs), which a head trained from scratch needs to learn at a useful pace."""
+    ``fpn_norm``, ``head_norm``: "" (the RetinaNet paper's FPN and head) or "BN" (in the FPN's
+    lateral/output convs; per level in the head convs), what Detectron2's from-scratch recipes
+    use: a head trained from scratch without it barely learns in short schedules, and the
+    FPN's BN keeps the levels' feature scales comparable for feature imitation."""
     return L(RetinaNet)(
         backbone=L(FPN)(
             bottom_up=L(ResNet)(
@@ -26,6 +28,7 @@ def retinanet(*, depth=50, width=64, fpn_channels=256, head_convs=4, anchor_base
             ),
             in_features=["res3", "res4", "res5"],
             out_channels=fpn_channels,
+            norm=fpn_norm,
             # P6 from P5 (not C5) keeps the top block independent of the ResNet width.
             top_block=L(LastLevelP6P7)(in_channels=fpn_channels, out_channels=fpn_channels, in_feature="p5"),
         ),
