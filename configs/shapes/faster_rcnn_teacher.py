@@ -1,12 +1,18 @@
-"""Shapes teacher: Faster R-CNN on a ResNet-18-layout FPN at width 32 (BN, trained from scratch)."""
+"""Shapes teacher: Faster R-CNN on a ResNet-10-layout FPN at width 32 (FPN 128, 3.7 M parameters;
+BN, trained from scratch), 1000 iterations of SGD.
+
+Why ResNet-10 and not 18 at this width: trained from scratch in a CPU budget, the shallower net
+learns faster per iteration (RetinaNet, 1000 iterations: 6.2 AP against 3.9 for ResNet-18) and
+each step costs less; depth is not what this teacher lacks."""
 from ..common.data.shapes import NUM_CLASSES, dataloader
 from ..common.models.faster_rcnn_resnet_fpn import faster_rcnn
 from ..common.schedule import optimizer, step_schedule, train
 
-model = faster_rcnn(depth=18, width=32, fpn_channels=128, fc_dim=256, anchor_base=8, norm="BN",
-                    num_classes=NUM_CLASSES, rpn_batch=128, roi_batch=128)
+model = faster_rcnn(depth=10, width=32, fpn_channels=128, fc_dim=256, anchor_base=8, norm="BN",
+                    num_classes=NUM_CLASSES, rpn_batch=128, roi_batch=64,
+                    pre_nms_topk=(600, 300), post_nms_topk=(300, 300))
 optimizer.lr = 0.02
-train.max_iter = 1500
+train.max_iter = 1000
 lr_multiplier = step_schedule(train.max_iter)
 train.eval_period = 500
 train.checkpointer.period = 500
