@@ -40,6 +40,10 @@ TINY = [
     "train.device=cpu",
 ]
 
+#: TINY for ``--num-gpus 2``: 2 images per process, the least the shapes RetinaNets' per-level
+#: head BN accepts on p7 (1x1 at 128 px).
+TINY_2PROC = [*TINY, "dataloader.train.total_batch_size=4"]
+
 
 def run_train_net(args, timeout=300, env=None):
     """``python3 train_net.py ARGS`` from the repository root; returns the CompletedProcess."""

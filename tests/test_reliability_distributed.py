@@ -4,7 +4,7 @@ import os
 import time
 
 import pytest
-from conftest import D2_MISSING, TINY, run_train_net
+from conftest import D2_MISSING, TINY, TINY_2PROC, run_train_net
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -12,7 +12,7 @@ pytest.importorskip("detectron2", reason=D2_MISSING)
 def test_one_failing_process_ends_the_job(tmp_path):
     start = time.time()
     proc = run_train_net(
-        ["--config-file", "configs/shapes/retinanet_student.py", "--num-gpus", "2", *TINY,
+        ["--config-file", "configs/shapes/retinanet_student.py", "--num-gpus", "2", *TINY_2PROC,
          "train.max_iter=50", "train.checkpointer.period=100", f"train.output_dir={tmp_path}"],
         timeout=240,  # a hang fails the test here (subprocess.TimeoutExpired)
         env={"D2KD_DEBUG_RAISE_AT_ITER": "2", "D2KD_DEBUG_RAISE_RANK": "1"},

@@ -129,7 +129,8 @@ def test_levels_with_different_strides_are_refused_at_bind():
 def test_teacher_from_another_detector_lacking_a_level(train_net, teachers, tmp_path, capfd):
     """A Faster R-CNN teacher (p2-p6) for a RetinaNet student imitating p3-p7."""
     code, lines, err = _cli(train_net, capfd, _fitnet_args(
-        tmp_path, teachers["faster_rcnn_teacher"], "model.teacher.config_file=configs/shapes/faster_rcnn_teacher.py"))
+        tmp_path, teachers["faster_rcnn_teacher"], "model.teacher.config_file=configs/shapes/faster_rcnn_teacher.py",
+        "model.distillers.0.in_features=[p3,p4,p5,p6,p7]"))
     assert code == 2 and len(lines) == 1, err[-2000:]
     assert "FeatureImitation: feature level 'p7' is missing from the teacher" in lines[0]
 

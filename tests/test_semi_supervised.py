@@ -161,14 +161,14 @@ def test_semi_config_trains_two_iterations_one_process(tmp_path):
 
 
 def test_semi_config_trains_two_iterations_two_processes(tmp_path):
-    from conftest import TINY, read_metrics, run_train_net, save_random_weights
+    from conftest import TINY, TINY_2PROC, read_metrics, run_train_net, save_random_weights
 
     teacher = str(tmp_path / "teacher.pth")
     save_random_weights("configs/shapes/retinanet_teacher.py", teacher)
     pseudo = write_pseudo_json(str(tmp_path / "pl.json"))
     out = tmp_path / "out2"
     r = run_train_net([
-        "--config-file", CONFIG, "--num-gpus", "2", *TINY,
+        "--config-file", CONFIG, "--num-gpus", "2", *TINY_2PROC,
         f"model.teacher.weights={teacher}", f"dataloader.train.unlabeled_dataset.pseudo_label_files=['{pseudo}']",
         "train.max_iter=2", "train.eval_teacher=False", f"train.output_dir={out}",
     ], timeout=420)

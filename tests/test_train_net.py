@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import D2_MISSING, TINY, read_metrics, run_train_net
+from conftest import D2_MISSING, TINY, TINY_2PROC, read_metrics, run_train_net
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -123,7 +123,7 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 def test_two_cpu_processes_train(tmp_path):
     out = str(tmp_path)
     proc = run_train_net(
-        ["--config-file", CONFIG, "--num-gpus", "2", *TINY, "train.max_iter=4",
+        ["--config-file", CONFIG, "--num-gpus", "2", *TINY_2PROC, "train.max_iter=4",
          "dataloader.test.dataset.names=shapes_tiny_val", "train.checkpointer.period=100",
          f"train.output_dir={out}"],
         timeout=400,

@@ -1,5 +1,7 @@
 """Shapes SSD teacher: VGG16-SSD in the aligned (SSD-KD re-headed) layout at width_mult 0.25
-(all VGG/extra channels /4: 1.9 M parameters, 0.36 GFLOPs at 128 px), trained from scratch.
+(all VGG/extra channels /4: 1.9 M parameters, 0.36 GFLOPs at 128 px), trained from scratch, with
+BN after every convolution (``norm="BN"``, like torchvision's ``vgg16_bn``): without it the loss
+stayed flat at 7.1 from iteration 400 to 900 and the teacher had 0.02 AP after 500.
 
 Input: the 128-px shapes images through a fixed ``Resize((128, 128))`` (no-op size-wise), RGB,
 (img − 127) / 128, random flip (no ssd.pytorch photometric/expand/crop augmentation: short CPU
@@ -24,7 +26,7 @@ SHAPES_PRIORS = dict(image_size=SIZE, min_sizes=[16, 32, 52, 72, 92, 112],
 
 dataloader = square_loaders(dataloader, SIZE, ssd_augmentation=False)
 model = vgg16_ssd300(layout="aligned", width_mult=0.25, num_classes=NUM_CLASSES,
-                     priors=ssd_priors("aligned", **SHAPES_PRIORS))
+                     priors=ssd_priors("aligned", **SHAPES_PRIORS), norm="BN")
 optimizer = L(torch.optim.Adam)(params=L(get_default_optimizer_params)(), lr=1e-3)
 train.max_iter = 1500
 lr_multiplier = step_schedule(train.max_iter)
