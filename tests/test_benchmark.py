@@ -163,3 +163,23 @@ def test_registry_skips_missing_configs_and_discovers_new_ones(tmp_path):
     (tmp_path / "configs" / "shapes" / "retinanet_adl.py").write_text("")
     adl = registry.select(["retinanet"], ["adl"], root=str(tmp_path), log=notes.append)
     assert adl[0].baseline.endswith("retinanet_student_500.py")
+
+
+def test_semi_supervised_runs_wait_for_the_teachers_pseudo_labels(tmp_path):
+    """SAD's config reads the teacher's pseudo-labels: the plan writes them (after the teacher,
+    with tools/pseudo_label.py over the unlabeled split) before the runs and measurements that
+    read them."""
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "adl_semi",
+         "--seeds", "0", "--list", "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", r.stdout, flags=re.M))
+    pl = "pseudo_labels:shapes_unlabeled_retinanet_teacher.json"
+    assert deps[pl] == "['teacher:retinanet_teacher']"
+    for job in ("kd:retinanet:adl_semi:s0", "overhead:retinanet:adl_semi", "memory:configs_shapes_retinanet_adl_semi.py"):
+        assert pl in deps[job], (job, deps[job])
+    assert pl not in deps["baseline:retinanet:student_500:s0"]
+    cmd = r.stdout[r.stdout.index(f"  {pl}"):].splitlines()[1]
+    assert "tools/pseudo_label.py" in cmd and "--source shapes_unlabeled" in cmd
+    assert f"--weights {tmp_path / 'teachers' / 'retinanet_teacher' / 'model_final.pth'}" in cmd

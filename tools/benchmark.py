@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The embedded KD benchmark: what each distillation method buys on the shapes set.
 
-    python tools/benchmark.py --quick            # RetinaNet, FGFI + FitNet, 2 seeds (the quick start)
+    python tools/benchmark.py --quick            # Faster R-CNN, FGFI, 2 seeds (the quick start)
     python tools/benchmark.py                    # full: every detector and method in the table, 3 seeds
     python tools/benchmark.py --detectors retinanet --methods fgfi gkd --seeds 0 1 --jobs 2
     python tools/benchmark.py --list             # what would run (and which configs are missing)
@@ -57,7 +57,7 @@ COST_GUESS = {"baseline": 1.0, "distilled": 2.5, "wallclock": 2.5, "teacher": 7.
 EVAL_COST = 40.0  # one evaluation of a student on shapes_val, in student iterations
 
 QUICK = dict(detectors=list(registry.QUICK_DETECTORS), methods=list(registry.QUICK_METHODS), seeds=[0, 1],
-             iters=600, evals=1)
+             iters=None, evals=1)
 FULL = dict(detectors=None, methods=None, seeds=[0, 1, 2], iters=None, evals=4)
 
 
@@ -65,7 +65,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="RetinaNet, FGFI, 2 seeds, 600 student iterations")
+    mode.add_argument("--quick", action="store_true", help="Faster R-CNN, FGFI, 2 seeds, the student configs' iterations")
     mode.add_argument("--full", action="store_true", help="every detector and method, 3 seeds (default)")
     ap.add_argument("--detectors", nargs="+", help=f"subset of {sorted(registry.DETECTORS)}")
     ap.add_argument("--methods", nargs="+", help="subset of the methods in the table")
@@ -267,6 +267,8 @@ class Plan:
         tdeps = [teacher["train_job"]] if teacher["train_job"] else []
         iters = a.iters or int(_load(exp.config, a.set + a.student_set).train.max_iter)
         kd_extra = [f"model.teacher.weights={tweights}", "train.eval_teacher=False"]
+        # a semi-supervised config reads the teacher's pseudo-labels: they are made first
+        kd_deps = tdeps + self._pseudo_label_jobs(exp, tconf, tweights, tdeps)
         # overhead (and the step ratio of the wall-clock baseline)
         oh_dir = os.path.join(self.out, "measure", f"overhead_{det}_{m}")
         oh_file = os.path.join(oh_dir, "overhead.json")
@@ -276,13 +278,13 @@ class Plan:
                                 "--baseline", exp.baseline, "--output", oh_file, "--iters", str(a.overhead_iters),
                                 "--warmup", str(a.overhead_warmup), "--threads", str(a.threads),
                                 f"model.teacher.weights={tweights}", *a.set, *a.student_set),
-                     oh_dir, deps=tdeps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30))
+                     oh_dir, deps=kd_deps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30))
         exp.runs, exp.wall_runs = [], []
         for s in a.seeds:
             out_dir = os.path.join(self.out, "runs", det, m, f"seed{s}")
             job = self.add(Job(f"kd:{det}:{m}:s{s}", "distilled",
                                train_cmd(exp.config, run_overrides(out_dir, s, iters, a.evals, a) + kd_extra), out_dir,
-                               deps=tdeps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
+                               deps=kd_deps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
                                meta={"iters": iters}))
             exp.runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         if not a.no_wallclock:
@@ -310,7 +312,33 @@ class Plan:
                                         "--threads", str(a.threads),
                                         *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
                                         *a.set, *a.student_set),
-                             out_dir, deps=tdeps if kind == "kd" else [], weight=40, meta={"config": cfg_file}))
+                             out_dir, deps=kd_deps if kind == "kd" else [], weight=40, meta={"config": cfg_file}))
+
+    def _pseudo_label_jobs(self, exp, tconf, tweights, tdeps) -> List[str]:
+        """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, METHODS.md
+        §5.2), once per file: ``tools/pseudo_label.py`` over the registry's unlabeled source.
+        An existing file is reused unless the teacher is trained in this call."""
+        source = registry.PSEUDO_LABEL_SOURCES.get((exp.detector, exp.method))
+        if source is None:
+            return []
+        unlabeled = _load(exp.config).dataloader.train.get("unlabeled_dataset")
+        if unlabeled is None or not unlabeled.get("pseudo_label_files"):
+            raise ValueError(f"{exp.config}: registry.PSEUDO_LABEL_SOURCES names {exp.key}, but its "
+                             "dataloader.train has no unlabeled_dataset.pseudo_label_files")
+        names = []
+        for path in unlabeled.pseudo_label_files:
+            name = f"pseudo_labels:{os.path.basename(path)}"
+            if not any(j.name == name for j in self.jobs):
+                if os.path.isfile(os.path.join(REPO, path)) and not tdeps:
+                    log(f"[benchmark] pseudo-labels {path}: reusing (the teacher is reused)")
+                    continue
+                self.add(Job(name, "pseudo_labels",
+                             python_cmd(os.path.join(REPO, "tools", "pseudo_label.py"), "--config-file", tconf,
+                                        "--weights", tweights, "--source", source, "--output", path, "--force"),
+                             os.path.join(self.out, "pseudo_labels", _name(os.path.basename(path))),
+                             deps=tdeps, weight=EVAL_COST * 10))
+            names.append(name)
+        return names
 
 
 # ---- collecting ----------------------------------------------------------------------------------
