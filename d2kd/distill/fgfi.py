@@ -285,13 +285,21 @@ class FGFI(Distiller):
         ``self.adapters[level](features).permute(0, 2, 3, 1)[mask]``.
 
         The loss only reads the adapter at mask cells (typically 10-30 % of a map), so the 3×3
-        conv is evaluated there alone: the cells' 3×3 neighbourhoods (``unfold``, zero padding as
-        the conv's) times the conv weight. On the CPU shapes student the dense adapters cost as
-        much as the student's own forward/backward."""
-        adapter = self.adapters[level]
-        conv = adapter[0]
-        cols = F.unfold(float32(features), kernel_size=conv.kernel_size, padding=conv.padding)  # (N, C*9, H*W)
-        n, ckk, _ = cols.shape
-        cols = cols.transpose(1, 2).reshape(-1, ckk)[mask.reshape(-1)]  # (M, C*9)
-        out = torch.addmm(float32(conv.bias), cols, float32(conv.weight).reshape(conv.out_channels, ckk).t())
+        conv is evaluated there alone: each cell's 3×3 neighbourhood is gathered from the
+        zero-padded map (the conv's padding) and multiplied by the conv weight. On the CPU shapes
+        student the dense adapters cost as much as the student's own forward/backward; gathering
+        by index rather than ``F.unfold`` keeps the backward a scatter onto the M·9 gathered rows
+        instead of a ``col2im`` over every cell of the map."""
+        conv = self.adapters[level][0]
+        (kh, kw), (ph, pw) = conv.kernel_size, conv.padding
+        x = F.pad(float32(features), (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # (N, H+2p, W+2p, C)
+        _, hp, wp, c = x.shape
+        cells = mask.nonzero()  # (M, 3) = (image, y, x), the order of boolean-mask indexing
+        dy = torch.arange(kh, device=cells.device).view(1, kh, 1)
+        dx = torch.arange(kw, device=cells.device).view(1, 1, kw)
+        rows = (cells[:, 0].view(-1, 1, 1) * hp + cells[:, 1].view(-1, 1, 1) + dy) * wp
+        index = (rows + cells[:, 2].view(-1, 1, 1) + dx).reshape(-1)  # (M·kh·kw,) into the padded map
+        patches = x.reshape(-1, c)[index].reshape(len(cells), kh * kw * c)  # (M, kh·kw·C), C fastest
+        weight = float32(conv.weight).permute(0, 2, 3, 1).reshape(conv.out_channels, kh * kw * c)
+        out = torch.addmm(float32(conv.bias), patches, weight.t())
         return torch.relu(out) if self.adapter_relu else out
