@@ -134,7 +134,6 @@ class VGG16SSD(Backbone):
         norm: str = "",
     ):
         super().__init__()
-        self.norm = norm
 
         def conv(c_in, c_out, **kwargs):
             return Conv2d(c_in, c_out, bias=not norm, norm=get_norm(norm, c_out), **kwargs)
@@ -256,7 +255,7 @@ def build_vgg16_ssd_backbone(cfg, input_shape: ShapeSpec):
         l2norm_scale=c.L2NORM_SCALE,
         in_channels=input_shape.channels,
         out_features=list(c.OUT_FEATURES) or None,
-        norm=c.get("NORM", ""),
+        norm=c.NORM,
     )
 
 
