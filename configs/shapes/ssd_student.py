@@ -1,22 +1,20 @@
 """Shapes SSD student baseline: MobileNetV2-SSDLite at width_mult 0.5 (1.6 M parameters,
 0.04 GFLOPs at 128 px) on the teacher's prior layout (configs/shapes/ssd_teacher.py: same
-input pipeline, priors and optimizer), trained from scratch without a teacher."""
-import torch
+input pipeline, priors and optimizer), trained from scratch without a teacher.
 
-from detectron2.config import LazyCall as L
-from detectron2.solver.build import get_default_optimizer_params
-
+AdamW at 2e-3 for 2000 iterations: with Adam at 1e-3 (the reference's student optimizer) for
+1000 iterations it learned nothing (0.04 AP, 2 seeds; Chen 2017 on top: 0.12)."""
 from ..common.data.shapes import NUM_CLASSES, dataloader
 from ..common.models.ssd import mobilenetv2_ssdlite, square_loaders, ssd_priors
-from ..common.schedule import step_schedule, train
+from ..common.schedule import adamw, step_schedule, train
 from .ssd_teacher import SHAPES_PRIORS, SIZE
 
 dataloader = square_loaders(dataloader, SIZE, ssd_augmentation=False)
 model = mobilenetv2_ssdlite(width_mult=0.5, num_classes=NUM_CLASSES,
                             priors=ssd_priors("aligned", **SHAPES_PRIORS))
-optimizer = L(torch.optim.Adam)(params=L(get_default_optimizer_params)(), lr=1e-3)
-train.max_iter = 1000
+optimizer = adamw(lr=2e-3)
+train.max_iter = 2000
 lr_multiplier = step_schedule(train.max_iter)
-train.eval_period = 500
-train.checkpointer.period = 500
+train.eval_period = 1000
+train.checkpointer.period = 1000
 train.output_dir = "output/shapes/ssd_student"
