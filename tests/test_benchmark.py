@@ -183,3 +183,41 @@ def test_semi_supervised_runs_wait_for_the_teachers_pseudo_labels(tmp_path):
     cmd = r.stdout[r.stdout.index(f"  {pl}"):].splitlines()[1]
     assert "tools/pseudo_label.py" in cmd and "--source shapes_unlabeled" in cmd
     assert f"--weights {tmp_path / 'teachers' / 'retinanet_teacher' / 'model_final.pth'}" in cmd
+
+
+def _list_plan(tmp_path, *extra):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "lshfm_l2",
+         "--seeds", "0", "1", "--list", "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers"),
+         *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+
+
+def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
+    """LSHFM's RetinaNet runs and their baseline start from the tower-128 student's checkpoint
+    (train.init_checkpoint): the plan trains it once, with its own config, before every run and
+    measurement that loads it; a checkpoint that no config makes is an error naming it."""
+    init = tmp_path / "retinanet_student_tower128" / "model_final.pth"
+    r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={init}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", r.stdout, flags=re.M))
+    assert deps["init:retinanet_student_tower128"] == "[]"
+    for job in ("baseline:retinanet:student_tower128_finetune:s0", "baseline:retinanet:student_tower128_finetune:s1",
+                "kd:retinanet:lshfm_l2:s0", "kd:retinanet:lshfm_l2:s1", "overhead:retinanet:lshfm_l2",
+                "memory:configs_shapes_retinanet_student_tower128_finetune.py",
+                "memory:configs_shapes_retinanet_lshfm_l2.py"):
+        assert "init:retinanet_student_tower128" in deps[job], (job, deps[job])
+    assert "init:retinanet_student_tower128" not in deps["teacher:retinanet_teacher"]
+    cmd = r.stdout[r.stdout.index("  init:retinanet_student_tower128"):].splitlines()[1]
+    assert "--config-file configs/shapes/retinanet_student_tower128.py" in cmd
+    assert f"train.output_dir={init.parent}" in cmd
+    # present: reused, nothing trained for it
+    init.parent.mkdir()
+    init.write_bytes(b"")
+    r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={init}")
+    assert r.returncode == 0 and "init:" not in r.stdout and f"starts from {init} (reused" in r.stdout
+    # missing and no config to make it
+    bad = tmp_path / "nowhere" / "model_final.pth"
+    r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={bad}")
+    assert r.returncode != 0
+    assert f"train.init_checkpoint={bad} does not exist and no configs/shapes/nowhere.py makes it" in r.stderr

@@ -269,10 +269,10 @@ def teachers(tmp_path_factory):
     return out
 
 
-def build(config, teachers, seed=0):
+def build(config, teachers, seed=0, overrides=()):
     cfg = LazyConfig.load(f"configs/shapes/{config}.py")
     cfg = LazyConfig.apply_overrides(
-        cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train"]
+        cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train", *overrides]
     )
     cfg.model.teacher.weights = teachers["retinanet" if config.startswith("retinanet") else "faster_rcnn"]
     torch.manual_seed(seed)
@@ -290,7 +290,12 @@ def test_shapes_config_runs_two_iterations_with_fixed_targets(config, teachers):
     cfg, model = build(config, teachers)
     (d,) = model.distillers
     assert isinstance(d, LSHFM) and d.mode == config.rsplit("_", 1)[1]
-    assert d.adapter is not None  # shapes students are narrower than their teachers
+    if config.startswith("retinanet"):
+        # the LSHFM RetinaNet student's towers end at the teacher's width: no adapter
+        assert d.adapter is None and model.head.cls_score.in_channels == model.teacher.model.head.cls_score.in_channels
+        assert cfg.train.init_checkpoint == "output/shapes/retinanet_student_tower128/model_final.pth"
+    else:
+        assert d.adapter is not None  # the Faster R-CNN student's box head is narrower than its teacher's
     loader = iter(instantiate(cfg.dataloader.train))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-2)
@@ -316,7 +321,8 @@ def test_shapes_config_runs_two_iterations_with_fixed_targets(config, teachers):
 
 @pytest.mark.parametrize("config", ["faster_rcnn_lshfm_lshl2", "retinanet_lshfm_lshl2"])
 def test_gradients_and_state_dict_round_trip(config, teachers):
-    cfg, model = build(config, teachers)
+    # adapter="always" on RetinaNet (whose shapes student needs none) to check its gradient too
+    cfg, model = build(config, teachers, overrides=["model.distillers.0.adapter=always"])
     d = model.distillers[0]
     batch = next(iter(instantiate(cfg.dataloader.train)))
     with EventStorage(0):
@@ -334,6 +340,7 @@ def test_gradients_and_state_dict_round_trip(config, teachers):
     other_cfg = LazyConfig.load(f"configs/shapes/{config}.py")
     other_cfg.model.teacher.weights = cfg.model.teacher.weights
     other_cfg.model.distillers[0].seed = 7
+    other_cfg.model.distillers[0].adapter = "always"
     other = instantiate(other_cfg.model)
     assert not torch.equal(other.distillers[0].hash_weight, d.hash_weight)
     other.load_state_dict(state)

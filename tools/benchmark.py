@@ -156,6 +156,7 @@ class Plan:
         self.experiments = registry.select(args.detectors, args.methods, root=REPO, log=log)
         self.detectors: Dict[str, Dict] = {}
         self.teachers: Dict[str, Dict] = {}  # weights -> info
+        self.inits: Dict[str, List[str]] = {}  # init checkpoint -> the deps of a run starting from it
         self._build()
 
     def add(self, job: Job) -> Job:
@@ -165,7 +166,7 @@ class Plan:
         orig = job.on_done
 
         def mark_done(j, orig=orig):
-            if j.status == "done" and j.kind != "teacher":
+            if j.status == "done" and j.kind not in ("teacher", "init"):
                 with open(os.path.join(j.out_dir, "benchmark_done.json"), "w") as f:
                     json.dump({"argv": j.argv, "seconds": j.seconds}, f)
             if orig:
@@ -247,15 +248,47 @@ class Plan:
                          deps=[info["train_job"]] if info["train_job"] else [], weight=EVAL_COST * 3, on_done=save_eval))
         return info
 
+    def _init_jobs(self, config: str) -> List[str]:
+        """The deps of a run of ``config`` that starts from ``train.init_checkpoint`` (a student
+        fine-tuned from its own trained checkpoint, as LSHFM's RetinaNet rows are): the checkpoint
+        ``output/shapes/<name>/model_final.pth`` is trained first with ``configs/shapes/<name>.py``
+        (once, seed 0, reused when present, like a teacher); any other missing file is an error."""
+        a = self.args
+        init = _load(config, a.set + a.student_set).train.get("init_checkpoint") or ""
+        if not init or "://" in init:
+            return []
+        if init in self.inits:
+            return self.inits[init]
+        tdir = os.path.dirname(init)
+        source = os.path.join(registry.SHAPES_DIR, os.path.basename(tdir) + ".py")
+        if os.path.isfile(os.path.join(REPO, init)):
+            log(f"[benchmark] {config}: starts from {init} (reused, not retrained)")
+            deps = []
+        elif os.path.isfile(os.path.join(REPO, source)):
+            iters = int(_load(source, a.set).train.max_iter)
+            job = self.add(Job(
+                f"init:{os.path.basename(tdir)}", "init",
+                train_cmd(source, [f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
+                                   f"train.eval_period={iters}", *a.set]),
+                tdir, weight=COST_GUESS["baseline"] * iters + EVAL_COST, meta={"iters": iters}))
+            deps = [job.name]
+        else:
+            raise FileNotFoundError(
+                f"{config}: train.init_checkpoint={init} does not exist and no {source} makes it; "
+                f"train that checkpoint first or drop train.init_checkpoint")
+        self.inits[init] = deps
+        return deps
+
     def _baseline_jobs(self, det, bname, config):
         a = self.args
         iters = a.iters or int(_load(config, a.set + a.student_set).train.max_iter)
+        init_deps = self._init_jobs(config)
         runs = []
         for s in a.seeds:
             out_dir = os.path.join(self.out, "runs", det, "baseline" if bname == "default" else f"baseline_{bname}", f"seed{s}")
             job = self.add(Job(f"baseline:{det}:{bname}:s{s}", "baseline",
                                train_cmd(config, run_overrides(out_dir, s, iters, a.evals, a)), out_dir,
-                               weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals, meta={"iters": iters}))
+                               deps=init_deps, weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals, meta={"iters": iters}))
             runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         return {"config": config, "iters": iters, "runs": runs}
 
@@ -268,7 +301,7 @@ class Plan:
         iters = a.iters or int(_load(exp.config, a.set + a.student_set).train.max_iter)
         kd_extra = [f"model.teacher.weights={tweights}", "train.eval_teacher=False"]
         # a semi-supervised config reads the teacher's pseudo-labels: they are made first
-        kd_deps = tdeps + self._pseudo_label_jobs(exp, tconf, tweights, tdeps)
+        kd_deps = tdeps + self._pseudo_label_jobs(exp, tconf, tweights, tdeps) + self._init_jobs(exp.config)
         # overhead (and the step ratio of the wall-clock baseline)
         oh_dir = os.path.join(self.out, "measure", f"overhead_{det}_{m}")
         oh_file = os.path.join(oh_dir, "overhead.json")
@@ -312,7 +345,8 @@ class Plan:
                                         "--threads", str(a.threads),
                                         *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
                                         *a.set, *a.student_set),
-                             out_dir, deps=kd_deps if kind == "kd" else [], weight=40, meta={"config": cfg_file}))
+                             out_dir, deps=kd_deps if kind == "kd" else self._init_jobs(cfg_file), weight=40,
+                             meta={"config": cfg_file}))
 
     def _pseudo_label_jobs(self, exp, tconf, tweights, tdeps) -> List[str]:
         """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, METHODS.md
@@ -529,7 +563,7 @@ def main(argv=None) -> Dict:
         f"({', '.join(e.key for e in plan.experiments)}), seeds {args.seeds}, {len(plan.jobs)} jobs, "
         f"{args.jobs} in parallel; output {plan.out}")
     if args.baselines_only:
-        plan.jobs = [j for j in plan.jobs if j.kind == "baseline"]
+        plan.jobs = [j for j in plan.jobs if j.kind in ("baseline", "init")]
         log(f"[benchmark] --baselines-only: {len(plan.jobs)} baseline run(s)")
     if args.list:
         for j in plan.jobs:

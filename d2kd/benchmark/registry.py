@@ -28,9 +28,9 @@ DETECTORS: Dict[str, str] = {
 EXPERIMENTS: Dict[Tuple[str, str], Tuple[str, Optional[str]]] = {
     ("retinanet", "fitnet"): (f"{SHAPES_DIR}/retinanet_fitnet.py", None),
     ("retinanet", "fgfi"): (f"{SHAPES_DIR}/retinanet_fgfi.py", None),
-    ("retinanet", "lshfm_l2"): (f"{SHAPES_DIR}/retinanet_lshfm_l2.py", None),
-    ("retinanet", "lshfm_lsh"): (f"{SHAPES_DIR}/retinanet_lshfm_lsh.py", None),
-    ("retinanet", "lshfm_lshl2"): (f"{SHAPES_DIR}/retinanet_lshfm_lshl2.py", None),
+    ("retinanet", "lshfm_l2"): (f"{SHAPES_DIR}/retinanet_lshfm_l2.py", f"{SHAPES_DIR}/retinanet_student_tower128_finetune.py"),
+    ("retinanet", "lshfm_lsh"): (f"{SHAPES_DIR}/retinanet_lshfm_lsh.py", f"{SHAPES_DIR}/retinanet_student_tower128_finetune.py"),
+    ("retinanet", "lshfm_lshl2"): (f"{SHAPES_DIR}/retinanet_lshfm_lshl2.py", f"{SHAPES_DIR}/retinanet_student_tower128_finetune.py"),
     ("retinanet", "gkd"): (f"{SHAPES_DIR}/retinanet_gkd.py", None),
     ("retinanet", "adl"): (f"{SHAPES_DIR}/retinanet_adl.py", f"{SHAPES_DIR}/retinanet_student_500.py"),
     ("retinanet", "adl_semi"): (f"{SHAPES_DIR}/retinanet_adl_semi.py", f"{SHAPES_DIR}/retinanet_student_500.py"),

@@ -19,7 +19,7 @@ Command = Union[List[str], Callable[[], List[str]]]
 @dataclass
 class Job:
     name: str
-    kind: str  # teacher | teacher_eval | pseudo_labels | baseline | distilled | wallclock | overhead | memory | cost
+    kind: str  # teacher | init | teacher_eval | pseudo_labels | baseline | distilled | wallclock | overhead | memory | cost
     cmd: Command
     out_dir: str
     deps: List[str] = field(default_factory=list)
