@@ -209,7 +209,7 @@ def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
         assert "init:retinanet_student_tower128" in deps[job], (job, deps[job])
     assert "init:retinanet_student_tower128" not in deps["teacher:retinanet_teacher"]
     cmd = r.stdout[r.stdout.index("  init:retinanet_student_tower128"):].splitlines()[1]
-    assert "--config-file configs/shapes/retinanet_student_tower128.py" in cmd
+    assert "--config-file configs/shapes/retinanet_student_tower128.py train.seed=0" in cmd
     assert f"train.output_dir={init.parent}" in cmd
     # present: reused, nothing trained for it
     init.parent.mkdir()

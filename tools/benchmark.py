@@ -268,7 +268,7 @@ class Plan:
             iters = int(_load(source, a.set).train.max_iter)
             job = self.add(Job(
                 f"init:{os.path.basename(tdir)}", "init",
-                train_cmd(source, [f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
+                train_cmd(source, ["train.seed=0", f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
                                    f"train.eval_period={iters}", *a.set]),
                 tdir, weight=COST_GUESS["baseline"] * iters + EVAL_COST, meta={"iters": iters}))
             deps = [job.name]

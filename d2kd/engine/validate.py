@@ -108,7 +108,10 @@ def validate_config(cfg, args) -> None:
     if args.eval_only and not init:
         raise ConfigError("--eval-only needs weights: add train.init_checkpoint=PATH/model_final.pth")
     if init and "://" not in init and not os.path.isfile(init):
-        raise ConfigError(f"train.init_checkpoint: weights file not found: {init}")
+        raise ConfigError(
+            f"train.init_checkpoint: weights file not found: {init} (train the model it comes from "
+            f"first, e.g. the config its folder is named after, or set train.init_checkpoint=PATH)"
+        )
     if not args.eval_only:
         weights = OmegaConf.select(cfg, "model.teacher.weights", default=None)
         if weights is not None and "://" not in weights and not os.path.isfile(weights):
