@@ -208,6 +208,9 @@ def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
                 "memory:configs_shapes_retinanet_lshfm_l2.py"):
         assert "init:retinanet_student_tower128" in deps[job], (job, deps[job])
     assert "init:retinanet_student_tower128" not in deps["teacher:retinanet_teacher"]
+    # the teacher trains with a fixed seed (the configs' -1 draws a new one per run)
+    tcmd = r.stdout[r.stdout.index("  teacher:retinanet_teacher"):].splitlines()[1]
+    assert "--config-file configs/shapes/retinanet_teacher.py train.seed=0 " in tcmd
     cmd = r.stdout[r.stdout.index("  init:retinanet_student_tower128"):].splitlines()[1]
     assert "--config-file configs/shapes/retinanet_student_tower128.py train.seed=0" in cmd
     assert f"train.output_dir={init.parent}" in cmd

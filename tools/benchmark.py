@@ -215,7 +215,9 @@ class Plan:
         if not info["reused"]:
             job = self.add(Job(
                 f"teacher:{tname}", "teacher",
-                train_cmd(tconf, [f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
+                # seed 0 (overridable with --teacher-set): the configs' train.seed = -1 draws a new
+                # seed per run, and two trainings of the RetinaNet teacher reached 31.6 and 36.7 AP
+                train_cmd(tconf, ["train.seed=0", f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
                                   f"train.eval_period={info['iters']}", *a.set, *a.teacher_set]),
                 tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3, meta={"iters": info["iters"]}))
             info["train_job"] = job.name
