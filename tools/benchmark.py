@@ -136,6 +136,15 @@ def train_cmd(config: str, overrides: List[str]) -> List[str]:
     return python_cmd(TRAIN_NET, "--config-file", config, *overrides)
 
 
+def train_once_cmd(config: str, out_dir: str, iters: int, extra: List[str]) -> List[str]:
+    """A model trained once into ``out_dir`` and reused by later calls (a teacher, a student's
+    starting checkpoint): seed 0 (the configs' ``train.seed = -1`` draws a new seed per run, and
+    two trainings of the RetinaNet teacher reached 31.6 and 36.7 AP), only the final checkpoint,
+    one evaluation at the end; ``extra`` (e.g. ``--teacher-set``) may override any of it."""
+    return train_cmd(config, ["train.seed=0", f"train.output_dir={out_dir}", "train.checkpointer.period=1000000000",
+                              f"train.eval_period={iters}", *extra])
+
+
 def run_overrides(out_dir: str, seed: int, iters: int, evals: int, args) -> List[str]:
     return [
         f"train.seed={seed}",
@@ -215,10 +224,7 @@ class Plan:
         if not info["reused"]:
             job = self.add(Job(
                 f"teacher:{tname}", "teacher",
-                # seed 0 (overridable with --teacher-set): the configs' train.seed = -1 draws a new
-                # seed per run, and two trainings of the RetinaNet teacher reached 31.6 and 36.7 AP
-                train_cmd(tconf, ["train.seed=0", f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
-                                  f"train.eval_period={info['iters']}", *a.set, *a.teacher_set]),
+                train_once_cmd(tconf, tdir, info["iters"], [*a.set, *a.teacher_set]),
                 tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3, meta={"iters": info["iters"]}))
             info["train_job"] = job.name
         else:
@@ -270,8 +276,7 @@ class Plan:
             iters = int(_load(source, a.set).train.max_iter)
             job = self.add(Job(
                 f"init:{os.path.basename(tdir)}", "init",
-                train_cmd(source, ["train.seed=0", f"train.output_dir={tdir}", "train.checkpointer.period=1000000000",
-                                   f"train.eval_period={iters}", *a.set]),
+                train_once_cmd(source, tdir, iters, list(a.set)),
                 tdir, weight=COST_GUESS["baseline"] * iters + EVAL_COST, meta={"iters": iters}))
             deps = [job.name]
         else:
@@ -566,7 +571,7 @@ def main(argv=None) -> Dict:
         f"{args.jobs} in parallel; output {plan.out}")
     if args.baselines_only:
         plan.jobs = [j for j in plan.jobs if j.kind in ("baseline", "init")]
-        log(f"[benchmark] --baselines-only: {len(plan.jobs)} baseline run(s)")
+        log(f"[benchmark] --baselines-only: {len(plan.jobs)} baseline run(s) and starting checkpoint(s)")
     if args.list:
         for j in plan.jobs:
             cmd = "<built after its dependencies>" if callable(j.cmd) else " ".join(shlex.quote(x) for x in j.cmd)
