@@ -392,8 +392,32 @@ def test_teacher_autocast_dtype(teacher_weights):
     with EventStorage(0):
         losses = model(batch)
     assert losses["loss_kd_fitnet_p3"].dtype == torch.float32 and torch.isfinite(losses["loss_kd_fitnet_p3"])
-    with pytest.raises(ValueError, match="autocast_dtype must be None, 'float16' or 'bfloat16'"):
+    for off in (None, "None", "float32"):  # "None": how a command-line override arrives
+        assert build_teacher(config_file=EXPERIMENTS["retinanet"][0], weights=teacher_weights["retinanet"],
+                             autocast_dtype=off).compute_dtype("cpu") is None
+    with pytest.raises(ValueError, match=r"autocast_dtype must be one of \(None, 'float16', 'bfloat16', 'auto'\), got 'fp8'"):
         build_teacher(config_file=EXPERIMENTS["retinanet"][0], weights=teacher_weights["retinanet"], autocast_dtype="fp8")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_teacher_autocast_auto_follows_native_bfloat16(teacher_weights, monkeypatch, native):
+    """"auto" runs the teacher in bfloat16 exactly where the device computes it natively (here the
+    CPU probe is patched both ways, so the test does not depend on this machine's CPU)."""
+    import d2kd.teacher as teacher_mod
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert teacher_mod.native_bfloat16("cpu") is native
+    assert teacher_mod.native_bfloat16("mps") is False
+    cfg = load_cfg("retinanet", teacher_weights)
+    cfg.model.teacher.autocast_dtype = "auto"
+    model = instantiate(cfg.model).train()
+    assert model.teacher.compute_dtype("cpu") == (torch.bfloat16 if native else None)
+    student_images, teacher_images = model.preprocess_pair(one_batch(cfg))
+    from d2kd.modeling.records import DetectorRecord
+
+    record = model.teacher.record(teacher_images, model.teacher_needs, DetectorRecord(images=student_images, features={}))
+    assert record.features["p3"].dtype == (torch.bfloat16 if native else torch.float32)
 
 
 @pytest.mark.parametrize(

@@ -528,11 +528,13 @@ def teacher_checks(res: Dict, plan: Plan) -> Dict:
             f"{key}: teacher forward under grad mode {'ON (autograd state kept!)' if c['teacher_forward_grad_enabled'] else 'off (torch.no_grad)'}; "
             f"teacher outputs {'carry' if c['teacher_outputs_require_grad'] else 'carry no'} autograd graph; "
             f"{c['teacher_params_requires_grad']} teacher params require grad, {c['teacher_params_with_grad']} got one; "
-            f"eval mode: {c['teacher_in_eval_mode']}; parts run {c['teacher_parts_run']} of {c['teacher_parts_available']}")
-    lines.append("AMP: `AMPTrainer` runs the whole model forward, `Teacher.record` included, inside "
-                 "`torch.autocast` when `train.amp.enabled=True`, so on CUDA the teacher's convolutions run "
-                 "in the autocast dtype (weights stay fp32); there is no separate teacher-dtype setting. "
-                 "Not exercised here (CPU-only machine).")
+            f"eval mode: {c['teacher_in_eval_mode']}; parts run {c['teacher_parts_run']} of {c['teacher_parts_available']}"
+            + (f"; computes in {c['teacher_compute_dtype'].replace('torch.', '')} "
+               f"(`model.teacher.autocast_dtype={c['teacher_autocast_dtype']!r}`)" if "teacher_compute_dtype" in c else ""))
+    lines.append("Teacher dtype: `build_teacher(autocast_dtype=...)` runs `Teacher.record` under `torch.autocast` "
+                 "(\"auto\": bfloat16 where the device computes it natively: a CPU with AVX512-BF16/AMX, a CUDA GPU "
+                 "with bf16), weights staying fp32. Independently, `AMPTrainer` (`train.amp.enabled=True`, CUDA) "
+                 "autocasts the whole forward, the teacher's included.")
     lines.append("`Teacher.record` uses `torch.no_grad`, not `torch.inference_mode` (documented in "
                  "d2kd/teacher.py: inference tensors cannot be saved for the student's backward); no graph is kept either way.")
     return {"lines": lines}

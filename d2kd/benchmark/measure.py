@@ -208,6 +208,9 @@ def measure_overhead(
             "teacher_in_eval_mode": not teacher.model.training,
             "teacher_parts_run": checks["teacher_parts_run"][-1] if checks["teacher_parts_run"] else [],
             "teacher_parts_available": teacher.parts(),
+            # the dtype the teacher computed in (Teacher(autocast_dtype=...), "auto" resolved here)
+            "teacher_autocast_dtype": teacher.autocast_dtype,
+            "teacher_compute_dtype": str(teacher.compute_dtype("cpu") or next(teacher.model.parameters()).dtype),
         },
         "raw_ms": {"kd": [1000 * x for x in t_kd], "student": [1000 * x for x in t_student],
                    "teacher": [1000 * x for x in t_teacher]},
