@@ -224,3 +224,32 @@ def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
     r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={bad}")
     assert r.returncode != 0
     assert f"train.init_checkpoint={bad} does not exist and no configs/shapes/nowhere.py makes it" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["fgfi", "gkd"])
+def test_faster_rcnn_finetune_rows_differ_from_scratch_only_in_the_start(method):
+    """The fine-tune protocol (GKD's: the student starts from its trained checkpoint): the
+    distilled config and its baseline are the from-scratch ones with train.init_checkpoint set to
+    the plain student's final checkpoint, and the registry pairs the row with that baseline."""
+    from detectron2.config import LazyConfig
+
+    from d2kd.benchmark import registry
+
+    def load(name):
+        return LazyConfig.load(os.path.join(REPO, "configs", "shapes", f"{name}.py"))
+
+    def plain(cfg):
+        d = LazyConfig.to_py(cfg)  # the whole config as source text, nested calls included
+        return re.sub(r"train\.(init_checkpoint|output_dir) = .*\n", "", d)
+
+    start = "output/shapes/faster_rcnn_student/model_final.pth"
+    for tuned, scratch in ((f"faster_rcnn_{method}_finetune", f"faster_rcnn_{method}"),
+                           ("faster_rcnn_student_finetune", "faster_rcnn_student")):
+        cfg, ref = load(tuned), load(scratch)
+        assert cfg.train.init_checkpoint == start and ref.train.init_checkpoint == ""
+        assert cfg.train.output_dir != ref.train.output_dir
+        assert plain(cfg) == plain(ref), tuned
+    config, baseline = registry.EXPERIMENTS[("faster_rcnn", f"{method}_finetune")]
+    assert baseline.endswith("faster_rcnn_student_finetune.py") and config.endswith(f"faster_rcnn_{method}_finetune.py")
+    # the checkpoint is made by the config the benchmark's init job runs
+    assert os.path.isfile(os.path.join(REPO, registry.SHAPES_DIR, os.path.basename(os.path.dirname(start)) + ".py"))
