@@ -233,3 +233,37 @@ def test_lshfm_lsh_term_reports_nan_teacher_features(weights_dir):
             _losses(model, batch)
     finally:
         [h.remove() for h in handles]
+
+
+@pytest.mark.parametrize("config, name, reads_logits", METHODS, ids=IDS)
+def test_teacher_in_bfloat16(config, name, reads_logits, weights_dir):
+    """A teacher under autocast (``autocast_dtype="bfloat16"``: what "auto" picks on a CPU with
+    AVX512-BF16) records bf16 tensors; every method still computes fp32, finite KD terms within
+    a few percent of the fp32 teacher's, and a backward pass. GKD runs with prototypes set, so its
+    robustness weights pool the teacher's maps (torchvision's CPU RoIAlign has no bf16 kernel)."""
+    model, batch = _build(config, weights_dir)
+    d = model.distillers[0]
+    if name == "gkd":
+        g = torch.Generator().manual_seed(0)
+        for level in range(d.proto_student.shape[0]):
+            for cls in range(d.proto_student.shape[1]):
+                d.set_prototypes(level, cls, torch.randn(d.proto_student.shape[2:], generator=g),
+                                 torch.randn(d.proto_teacher.shape[2:], generator=g))
+        d.proto_period.fill_(0)  # as the PGM hook leaves it after its first pass
+        assert d.has_prototypes()
+    saved = model.teacher.autocast_dtype
+    try:
+        ref = {k: v.detach() for k, v in _losses(model, batch).items() if k.startswith("loss_kd_")}
+        model.teacher.autocast_dtype = "bfloat16"
+        losses = _losses(model, batch)
+    finally:
+        model.teacher.autocast_dtype = saved
+        if name == "gkd":
+            d.proto_valid.zero_()
+            d.proto_period.fill_(-1)
+    kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+    assert kd.keys() == ref.keys() and kd
+    for k, v in kd.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v), (k, v)
+        assert float(v) == pytest.approx(float(ref[k]), rel=0.05, abs=1e-3), k
+    sum(kd.values()).backward()

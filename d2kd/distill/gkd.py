@@ -419,7 +419,8 @@ class GKD(Distiller):
 
         att = self.attenuation_factor(current_iteration())
         s_feats = [student.features[f] for f in self.in_features]
-        t_feats = [teacher.features[f] for f in self.in_features]
+        # fp32 teacher maps (a teacher under autocast records bf16/fp16; the losses are fp32)
+        t_feats = [float32(teacher.features[f]) for f in self.in_features]
         for f, s, t in zip(self.in_features, s_feats, t_feats):
             check_same_spatial_size("GKD", f, s, t)
         boxes, classes, index = self._instances(student)
@@ -491,7 +492,8 @@ class GKD(Distiller):
         r = self._roi
         with torch.no_grad():
             fs = r["s_pooler"]([student.features[f].detach() for f in r["s_in"]], pos_boxes).mean(dim=(2, 3))
-            ft = r["t_pooler"]([teacher.features[f] for f in r["t_in"]], pos_boxes).mean(dim=(2, 3))
+            # fp32: torchvision's CPU RoIAlign has no bfloat16 kernel (autocast teachers record bf16)
+            ft = r["t_pooler"]([float32(teacher.features[f]) for f in r["t_in"]], pos_boxes).mean(dim=(2, 3))
             pooler = r["s_pooler"]
             if len(pooler.level_poolers) == 1:
                 roi_levels = torch.zeros(n, dtype=torch.long, device=classes.device)
