@@ -15,6 +15,7 @@ model._target_ = DistillationRCNN
 model.teacher = L(build_teacher)(
     config_file="configs/shapes/faster_rcnn_teacher.py",
     weights="output/shapes/faster_rcnn_teacher/model_final.pth",
+    autocast_dtype="auto",  # bfloat16 on a CPU that computes it natively (2x faster teacher)
 )
 model.distillers = [L(LSHFM)(mode="lsh", weight=7.0)]
 train.output_dir = "output/shapes/faster_rcnn_lshfm_lsh"
