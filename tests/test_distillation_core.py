@@ -434,3 +434,34 @@ def test_predictor_config_takes_the_test_resize(config, expected, tmp_path):
     y = load_predictor_config(path)
     assert (y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST) == expected
     assert y.INPUT.FORMAT == cfg.model.input_format and y.MODEL.META_ARCHITECTURE == "D2KDLazyModel"
+
+
+def test_two_methods_composed_in_one_config(teacher_weights):
+    """configs/shapes/faster_rcnn_fgfi_gkd.py: FGFI and GKD in one run. Both methods' terms are in
+    the losses, the teacher runs once per step for the union of their needs, and every adapter of
+    both methods (and no teacher tensor) gets a gradient."""
+    cfg = LazyConfig.load("configs/shapes/faster_rcnn_fgfi_gkd.py")
+    cfg = LazyConfig.apply_overrides(cfg, TINY)
+    cfg.model.teacher.weights = teacher_weights["faster_rcnn"]
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    fgfi, gkd = model.distillers
+    assert (fgfi.name, gkd.name) == ("fgfi", "gkd")
+    assert set(model.teacher_needs) == set(fgfi.teacher_needs()) | set(gkd.teacher_needs()) == {"features", "roi"}
+    calls = []
+    record = model.teacher.record
+    model.teacher.record = lambda *a, **k: calls.append(1) or record(*a, **k)
+    fgfi.schedule.warmup_iters = 0  # imitation on from the first step (the config waits 100)
+    with EventStorage(0):
+        losses = model(one_batch(cfg))
+    assert len(calls) == 1
+    kd = sorted(k for k in losses if k.startswith("loss_kd_"))
+    assert "loss_kd_fgfi_imitation" in kd and {"loss_kd_gkd_point_fg", "loss_kd_gkd_point_bg", "loss_kd_gkd_soft"} <= set(kd)
+    sum(losses.values()).backward()
+    for method in (fgfi, gkd):
+        # every adapter is in the graph; a level with no mask cell in this batch (FGFI's p6) gets 0
+        assert all(p.grad is not None for p in method.parameters()), method.name
+        assert sum(float(p.grad.abs().sum()) for p in method.parameters()) > 0, method.name
+    teacher = teacher_tensors(model)
+    assert all(p.grad is None for p in model.teacher.model.parameters())
+    assert not any(id(p) in teacher for p in model.parameters())

@@ -41,6 +41,7 @@ EXPERIMENTS: Dict[Tuple[str, str], Tuple[str, Optional[str]]] = {
     ("faster_rcnn", "lshfm_lshl2"): (f"{SHAPES_DIR}/faster_rcnn_lshfm_lshl2.py", None),
     ("faster_rcnn", "gkd"): (f"{SHAPES_DIR}/faster_rcnn_gkd.py", None),
     ("faster_rcnn", "chen2017"): (f"{SHAPES_DIR}/faster_rcnn_chen2017.py", None),
+    ("faster_rcnn", "fgfi_gkd"): (f"{SHAPES_DIR}/faster_rcnn_fgfi_gkd.py", None),
     ("faster_rcnn", "fgfi_finetune"): (f"{SHAPES_DIR}/faster_rcnn_fgfi_finetune.py", f"{SHAPES_DIR}/faster_rcnn_student_finetune.py"),
     ("faster_rcnn", "gkd_finetune"): (f"{SHAPES_DIR}/faster_rcnn_gkd_finetune.py", f"{SHAPES_DIR}/faster_rcnn_student_finetune.py"),
     ("ssd", "chen2017"): (f"{SHAPES_DIR}/ssd_chen2017.py", None),
