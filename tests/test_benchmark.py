@@ -253,3 +253,25 @@ def test_faster_rcnn_finetune_rows_differ_from_scratch_only_in_the_start(method)
     assert baseline.endswith("faster_rcnn_student_finetune.py") and config.endswith(f"faster_rcnn_{method}_finetune.py")
     # the checkpoint is made by the config the benchmark's init job runs
     assert os.path.isfile(os.path.join(REPO, registry.SHAPES_DIR, os.path.basename(os.path.dirname(start)) + ".py"))
+
+
+def test_quick_time_target_reports_the_lower_bound_of_its_jobs():
+    """The quick-mode time check states the call's total job time over its parallel slots (the
+    wall-clock no schedule can beat), here the 2026-11-30 quick run's job times."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    seconds = {"teacher": 712.8, "teacher_eval": 25.5, "baseline": 446.2, "overhead": 14.5, "distilled": 687.4,
+               "wallclock": 720.9, "cost": 18.0}
+    runs = [{"name": k, "kind": k, "status": "done", "seconds": v} for k, v in seconds.items()]
+    res = {"detectors": {}, "overhead": {}, "runs": runs}
+    (check,) = tool.targets(res, argparse.Namespace(mode="quick", jobs=2), 1442.0)["checks"]
+    assert check["pass"] is False  # 24:02 > 15 min
+    assert check["measured"] == ("24:02 (teacher trained in this call); its jobs ran 2625 s in all, "
+                                 "at least 21:53 on 2 parallel slot(s)")  # 2625.3 s / 2 = 21:52.65
+    runs[0]["status"] = "reused"
+    (check,) = tool.targets(res, argparse.Namespace(mode="quick", jobs=2), 700.0)["checks"]
+    assert check["pass"] is False and "1 job(s) reused from an earlier call: teacher" in check["measured"]
