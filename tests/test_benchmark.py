@@ -98,6 +98,9 @@ def test_overhead_measured_on_fixed_batches(bench):
     assert not c["teacher_forward_grad_enabled"] and not c["teacher_outputs_require_grad"]
     assert c["teacher_params_with_grad"] == 0 and c["teacher_params_requires_grad"] == 0
     assert c["teacher_parts_run"] == ["features"]  # FitNet needs no teacher head
+    # retinanet_fitnet.py runs its teacher in fp32: no autocast, nothing timed twice
+    assert c["teacher_autocast_dtype"] is None and c["teacher_compute_dtype"] == "torch.float32"
+    assert o["t_teacher_fp32_ms"] is None
     mem = res["memory"]
     assert {k: v["has_teacher"] for k, v in mem.items()} == {
         "configs/shapes/retinanet_student.py": False, "configs/shapes/retinanet_fitnet.py": True}
@@ -275,3 +278,26 @@ def test_quick_time_target_reports_the_lower_bound_of_its_jobs():
     runs[0]["status"] = "reused"
     (check,) = tool.targets(res, argparse.Namespace(mode="quick", jobs=2), 700.0)["checks"]
     assert check["pass"] is False and "1 job(s) reused from an earlier call: teacher" in check["measured"]
+
+
+def test_overhead_times_an_autocast_teacher_against_fp32(tmp_path):
+    """With ``model.teacher.autocast_dtype`` set, the overhead measurement also times the same
+    teacher calls without autocast (interleaved), and results.md states both."""
+    from conftest import save_random_weights
+
+    from d2kd.benchmark.measure import measure_overhead
+    from d2kd.benchmark.results import markdown
+
+    weights = str(tmp_path / "teacher.pth")
+    save_random_weights(os.path.join(REPO, "configs/shapes/retinanet_teacher.py"), weights)
+    o = measure_overhead("configs/shapes/retinanet_fitnet.py", "configs/shapes/retinanet_student.py",
+                         [f"model.teacher.weights={weights}", "model.teacher.autocast_dtype=bfloat16",
+                          "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.train.total_batch_size=2"],
+                         n_iters=2, warmup=1)
+    assert o["checks"]["teacher_compute_dtype"] == "torch.bfloat16"
+    assert o["t_teacher_fp32_ms"] > 0 and o["t_teacher_ms"] > 0
+    settings = {"command": "-", "machine": "-", "started": "-", "n_parallel": 1, "threads": 1, "seeds": [0]}
+    md = markdown({"settings": settings, "detectors": {}, "overhead": {"retinanet/fitnet": o}})
+    ratio = o["t_teacher_fp32_ms"] / o["t_teacher_ms"]
+    assert (f"retinanet/fitnet: {o['t_teacher_ms']:.1f} ms in bfloat16 against {o['t_teacher_fp32_ms']:.1f} ms "
+            f"for the same calls in fp32 (×{ratio:.2f})") in md

@@ -145,7 +145,10 @@ def measure_overhead(
     teacher_times: List[float] = []
     checks = {"grad_enabled_in_teacher": [], "teacher_outputs_require_grad": [], "teacher_parts_run": []}
 
+    last_call = {}
+
     def timed_record(images, needs, student_record):
+        last_call["args"] = (images, needs, student_record)
         t0 = time.perf_counter()
         out = record(images, needs, student_record)
         teacher_times.append(time.perf_counter() - t0)
@@ -161,7 +164,8 @@ def measure_overhead(
     bb = teacher.model.backbone
     probe = bb.register_forward_hook(
         lambda m, i, o: checks["grad_enabled_in_teacher"].append(torch.is_grad_enabled()))
-    t_kd, t_student, t_teacher = [], [], []
+    t_kd, t_student, t_teacher, t_teacher_fp32 = [], [], [], []
+    autocast = teacher.compute_dtype(next(teacher.model.parameters()).device.type) is not None
     try:
         with EventStorage(0) as storage:
             for i in range(warmup + n_iters):
@@ -174,10 +178,21 @@ def measure_overhead(
                 t0 = time.perf_counter()
                 _grad_step(student, batch)
                 ts = time.perf_counter() - t0
+                tf = None
+                if autocast:  # the same teacher call without autocast, for its speed-up
+                    saved, teacher.autocast_dtype = teacher.autocast_dtype, None
+                    try:
+                        t0 = time.perf_counter()
+                        record(*last_call["args"])
+                        tf = time.perf_counter() - t0
+                    finally:
+                        teacher.autocast_dtype = saved
                 if i >= warmup:
                     t_kd.append(tk)
                     t_student.append(ts)
                     t_teacher.append(sum(teacher_times))
+                    if tf is not None:
+                        t_teacher_fp32.append(tf)
     finally:
         probe.remove()
         del teacher.record
@@ -197,6 +212,8 @@ def measure_overhead(
         "t_teacher_ms": t_ms,
         "t_data_ms": d_ms,
         "overhead_ratio": kd_ms / (s_ms + t_ms),
+        # with an autocast teacher: its calls timed again without autocast (same inputs, interleaved)
+        "t_teacher_fp32_ms": 1000 * med(t_teacher_fp32) if t_teacher_fp32 else None,
         "step_ratio": (kd_ms + d_ms) / (s_ms + d_ms),
         "teacher_needs": list(kd.teacher_needs),
         "backbone_only": list(kd.teacher_needs) == ["features"],

@@ -262,6 +262,13 @@ def markdown(results: Dict) -> str:
                 continue
             L.append(f"| {key} | {', '.join(o['teacher_needs'])} | {_f(o['t_student_ms'])} | {_f(o['t_teacher_ms'])} | "
                      f"{_f(o['t_kd_ms'])} | {_f(o['overhead_ratio'], 3)} | {_f(o['t_data_ms'])} | {_f(o['step_ratio'], 3)} |")
+        fp32 = [(k, v) for k, v in oh.items() if not v.get("error") and v.get("t_teacher_fp32_ms")]
+        if fp32:
+            dtype = {k: (v.get("checks") or {}).get("teacher_compute_dtype", "autocast").replace("torch.", "")
+                     for k, v in fp32}
+            L.append("\nTeacher under autocast: " + "; ".join(
+                f"{k}: {_f(v['t_teacher_ms'])} ms in {dtype[k]} against {_f(v['t_teacher_fp32_ms'])} ms for the "
+                f"same calls in fp32 (×{v['t_teacher_fp32_ms'] / v['t_teacher_ms']:.2f})" for k, v in fp32) + ".")
         o = next((v for v in oh.values() if not v.get("error")), None)
         if o:
             L.append(f"\nMedians of {o['n_iters']} interleaved iterations after {o['warmup']} warm-up ones, "
