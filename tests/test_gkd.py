@@ -192,7 +192,11 @@ def _build(arch, tmp, overrides=()):
         torch.save({"model": instantiate(LazyConfig.load(teacher_cfg).model).state_dict()}, weights)
     cfg = LazyConfig.load(os.path.join(REPO, f"configs/shapes/{arch}_gkd.py"))
     cfg = LazyConfig.apply_overrides(
-        cfg, TINY + [f"model.teacher.weights={weights}", f"train.output_dir={tmp}/{arch}", *overrides]
+        # fp32 teacher whatever the CPU ("auto" is bf16 where native): the references below
+        # recompute the losses from the recorded tensors to 1e-4 (a bf16 teacher is tested in
+        # test_reliability_methods.py::test_teacher_in_bfloat16)
+        cfg, TINY + [f"model.teacher.weights={weights}", f"train.output_dir={tmp}/{arch}",
+                     "model.teacher.autocast_dtype=float32", *overrides]
     )
     cfg.model.teacher.config_file = teacher_cfg
     torch.manual_seed(1)
