@@ -8,8 +8,8 @@ Imitated levels P3-P5: the shapes teacher's P6/P7 (convolutions on P5 with no no
 of 64-203 px that the objects barely reach) have an rms of 4.6 and 30 against 0.8-0.9 on P3-P5,
 and their background term alone was 100x the detection loss.
 
-Gradient-norm clipping at 35 (``train.clip_grad_norm``; mmdetection's value for its dense
-detectors): with the 36.7-AP teacher one of two seeds diverged without it (the background
+Gradient-norm clipping at 35 (``train.clip_grad_norm``; the max_norm many mmdetection configs
+use): with the 36.7-AP teacher one of two seeds diverged without it (the background
 point loss grew from 7 to 3e5 within 300 iterations, 0.02 AP), the other reached 12.9 AP.
 
 The student starts from scratch here; set ``train.init_checkpoint=output/shapes/retinanet_student/

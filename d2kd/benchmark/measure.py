@@ -165,7 +165,9 @@ def measure_overhead(
     probe = bb.register_forward_hook(
         lambda m, i, o: checks["grad_enabled_in_teacher"].append(torch.is_grad_enabled()))
     t_kd, t_student, t_teacher, t_teacher_fp32 = [], [], [], []
-    autocast = teacher.compute_dtype(next(teacher.model.parameters()).device.type) is not None
+    teacher_param = next(teacher.model.parameters())
+    teacher_dtype = teacher.compute_dtype(teacher_param.device.type)  # None: no autocast
+    autocast = teacher_dtype is not None
     try:
         with EventStorage(0) as storage:
             for i in range(warmup + n_iters):
@@ -227,7 +229,7 @@ def measure_overhead(
             "teacher_parts_available": teacher.parts(),
             # the dtype the teacher computed in (Teacher(autocast_dtype=...), "auto" resolved here)
             "teacher_autocast_dtype": teacher.autocast_dtype,
-            "teacher_compute_dtype": str(teacher.compute_dtype("cpu") or next(teacher.model.parameters()).dtype),
+            "teacher_compute_dtype": str(teacher_dtype or teacher_param.dtype),
         },
         "raw_ms": {"kd": [1000 * x for x in t_kd], "student": [1000 * x for x in t_student],
                    "teacher": [1000 * x for x in t_teacher]},
