@@ -11,6 +11,8 @@ import os
 import sys
 import traceback
 
+import torch
+
 from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -24,6 +26,17 @@ from d2kd.export import DISTILLER_PREFIX, student_model_config
 
 
 def main(args):
+    try:
+        return run(args)
+    finally:
+        # Each worker of a multi-process run tears its process group down itself: left to the
+        # interpreter's exit, gloo's threads were occasionally destroyed while still joinable
+        # ("terminate called without an active exception", SIGABRT after training finished).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run(args):
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     # d2kd's own loggers (teacher loading, distillers, hooks) go to the same console and log.txt.
