@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, get_event_storage
 
 from ..checkpoint import AtomicCheckpointer, init_checkpoint_fit
+from .amp import AutocastTrainer, resolve_amp_dtype
 from .hooks import ExportStudentHook, TeacherEvalHook, fault_injection_hooks
 from .nonfinite import NonFiniteGuard
 
@@ -46,9 +47,7 @@ class Trainer(DefaultTrainer):
         if not next(model.parameters()).is_cuda:
             ddp_kwargs["device_ids"] = None  # CPU processes over gloo (--num-gpus N on CPU)
         model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        self._trainer = self.build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(
             model,
@@ -63,6 +62,24 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     # ---- builders: one per config section -------------------------------------------------
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
+        """The loop that runs one step: plain, or mixed precision per ``train.amp`` (see
+        :mod:`d2kd.engine.amp`: Detectron2's ``AMPTrainer`` on CUDA, autocast on CPU)."""
+        device_type = next(model.parameters()).device.type
+        try:
+            dtype = resolve_amp_dtype(cfg.train.get("amp", {}), device_type)
+        except ValueError as e:
+            from .validate import ConfigError
+
+            raise ConfigError(str(e)) from None
+        if dtype is None:
+            return SimpleTrainer(model, data_loader, optimizer)
+        logger.info("Mixed precision: the training forward runs under autocast(%s, %s)", device_type, dtype)
+        if device_type == "cuda":
+            return AMPTrainer(model, data_loader, optimizer, precision=dtype)
+        return AutocastTrainer(model, data_loader, optimizer, device_type=device_type, dtype=dtype)
+
     @classmethod
     def build_model(cls, cfg):
         model = instantiate(cfg.model)

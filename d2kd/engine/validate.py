@@ -46,6 +46,7 @@ OPTIONAL_KEYS = {
         "eval_teacher",
         "clip_grad_norm",  # Trainer.build_optimizer
     ),
+    "train.amp": ("precision",),  # d2kd.engine.amp
 }
 
 
@@ -75,6 +76,8 @@ def _check_type(opt: str, old, new) -> None:
     not hours later."""
     if old is None or new is None or isinstance(old, str):
         return
+    if opt.split("=", 1)[0].lstrip("+") == "train.amp.enabled" and new == "auto":
+        return  # True / False / "auto" (d2kd.engine.amp)
     kinds = {bool: (bool,), int: (int,), float: (int, float)}
     for kind, ok in kinds.items():
         if type(old) is kind and not (type(new) in ok and not (kind is not bool and type(new) is bool)):
