@@ -17,3 +17,6 @@ lr_multiplier = step_schedule(train.max_iter)
 train.eval_period = 500
 train.checkpointer.period = 500
 train.output_dir = "output/shapes/faster_rcnn_teacher"
+# Trains in bfloat16 where the CPU/GPU computes it natively (d2kd/engine/amp.py): 1.38x faster per
+# step on an AVX512-BF16 CPU; seed 0 reached 30.0 AP so against 30.5 in fp32.
+train.amp.enabled = "auto"
