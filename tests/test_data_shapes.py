@@ -171,6 +171,26 @@ def test_read_image_through_pathmanager_equals_render(tmp_path, monkeypatch):
     assert np.array_equal(cv2.imread(local, cv2.IMREAD_COLOR), img)
 
 
+def test_served_pngs_are_cached_within_a_byte_budget(monkeypatch):
+    """A second read of an image is served from the cache, byte-identical, without rendering;
+    the least recently used image leaves first once the budget is full."""
+    cache = shapes._PngCache(max_bytes=3 * 49_500)  # three 128 px PNGs (49,2xx bytes each)
+    monkeypatch.setattr(shapes, "_PNG_CACHE", cache)
+    rendered = []
+    real = shapes.render_shapes_image
+    monkeypatch.setattr(shapes, "render_shapes_image", lambda *a, **k: rendered.append(a[1]) or real(*a, **k))
+    path = "shapes://shapes_train/{:06d}.png"
+    first = [PathManager.open(path.format(i), "rb").read() for i in (0, 1, 2)]
+    again = PathManager.open(path.format(0), "rb").read()  # 0 becomes the most recent
+    assert rendered == [0, 1, 2] and again == first[0]
+    assert np.array_equal(utils.read_image(path.format(0), format="BGR"), real("shapes_train", 0)[0])
+    PathManager.open(path.format(3), "rb").read()  # evicts 1, the least recently used
+    assert list(cache._items) == [(1001, 128, 2), (1001, 128, 0), (1001, 128, 3)]
+    assert cache._bytes == sum(len(v) for v in cache._items.values()) <= cache.max_bytes
+    PathManager.open(path.format(1), "rb").read()
+    assert rendered == [0, 1, 2, 3, 1]
+
+
 def test_boxes_are_tight_around_the_visible_object_mask():
     for index in range(12):
         img, annos, lab = render_shapes_image("shapes_val", index, return_label_map=True)

@@ -41,6 +41,7 @@ disagree.
 """
 from __future__ import annotations
 
+import collections
 import colorsys
 import functools
 import io
@@ -547,6 +548,37 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+class _PngCache:
+    """The encoded PNGs of the most recently served images, within a byte budget.
+
+    A training run draws each image several times (1000 iterations x 8 images of a 2000-image
+    split: 4 times), and rendering + encoding is 1.8 ms of the 2.0 ms a 128 px image takes to
+    load (the PNG decode in ``read_image`` is the rest): 11 ms of a Faster R-CNN student's 160 ms
+    step. 128 MB holds a 128 px split of 2600 images. One per process (DataLoader workers each
+    fill their own)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: "collections.OrderedDict[tuple, bytes]" = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple, make) -> bytes:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+            return data
+        data = make()
+        if len(data) <= self.max_bytes:
+            self._items[key] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                self._bytes -= len(self._items.popitem(last=False)[1])
+        return data
+
+
+_PNG_CACHE = _PngCache(max_bytes=128 * 2**20)
+
+
 # ============================================================================================
 # PathHandler for shapes://
 # ============================================================================================
@@ -583,8 +615,11 @@ class ShapesPathHandler(PathHandler):
         _, src, index = self._lookup(path)
         if index is None:
             raise IsADirectoryError(path)
-        img, _ = render_shapes_image(src.seed, index, image_size=src.image_size)
-        return encode_png(img)
+        def render() -> bytes:
+            img, _ = render_shapes_image(src.seed, index, image_size=src.image_size)
+            return encode_png(img)
+
+        return _PNG_CACHE.get((src.seed, src.image_size, index), render)
 
     def _open(self, path: str, mode: str = "r", buffering: int = -1, **kwargs):
         self._check_kwargs(kwargs)
