@@ -55,6 +55,11 @@ def test_writes_results_md_json_and_plots(bench):
     assert math.isfinite(m["runs"][0]["eval"]["AP"])
     assert math.isfinite(d["baselines"]["default"]["runs"][0]["eval"]["AP"])
     assert math.isfinite(d["teacher"]["eval"]["AP"])
+    # the teacher trained here is scored by its training run's final evaluation, not again
+    assert "start teacher_eval:" not in first.stdout
+    teacher_rows = [json.loads(line) for line in open(tmp / "teachers" / "retinanet_teacher" / "metrics.json")]
+    final = [r for r in teacher_rows if "bbox/AP" in r][-1]["bbox/AP"]
+    assert d["teacher"]["eval"]["AP"] == pytest.approx(final, abs=5e-5)  # the log prints 4 decimals
     # gain and the equal-wall-clock baseline, whose length is iters x the measured step ratio
     assert m["gain_equal_iters"]["mean"] == pytest.approx(
         m["runs"][0]["eval"]["AP"] - d["baselines"]["default"]["runs"][0]["eval"]["AP"])
@@ -93,6 +98,11 @@ def test_overhead_measured_on_fixed_batches(bench):
     for k in ("overhead_ratio", "step_ratio", "t_kd_ms", "t_student_ms", "t_teacher_ms"):
         assert math.isfinite(o[k]) and o[k] > 0, (k, o[k])
     assert o["overhead_ratio"] == pytest.approx(o["t_kd_ms"] / (o["t_student_ms"] + o["t_teacher_ms"]))
+    # the run (2 iterations x 2 images of 32) loads every image for the first time; a longer one
+    # would weigh in the faster reloads
+    assert o["first_load_share"] == 1.0 and o["t_data_ms"] == pytest.approx(o["t_data_first_load_ms"])
+    assert 0 < o["t_data_reload_ms"] < o["t_data_first_load_ms"]
+    assert o["step_ratio"] == pytest.approx((o["t_kd_ms"] + o["t_data_ms"]) / (o["t_student_ms"] + o["t_data_ms"]))
     assert o["teacher_needs"] == ["features"] and o["backbone_only"]
     c = o["checks"]
     assert not c["teacher_forward_grad_enabled"] and not c["teacher_outputs_require_grad"]
@@ -124,7 +134,7 @@ def test_second_call_reuses_teacher_and_runs(bench):
     second = _benchmark(tmp)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "reusing" in second.stdout and str(weights) in second.stdout
-    assert "start teacher:" not in second.stdout
+    assert "start teacher:" not in second.stdout and "start teacher_eval:" not in second.stdout
     assert weights.stat().st_mtime == mtime
     # finished student runs with the same command line are reused too
     assert "start kd:" not in second.stdout and "reused kd:retinanet:fitnet:s0" in second.stdout

@@ -221,14 +221,6 @@ class Plan:
         info["iters"] = int(tcfg.train.max_iter)
         tdir = os.path.dirname(tweights)
         tname = os.path.basename(tdir)
-        if not info["reused"]:
-            job = self.add(Job(
-                f"teacher:{tname}", "teacher",
-                train_once_cmd(tconf, tdir, info["iters"], [*a.set, *a.teacher_set]),
-                tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3, meta={"iters": info["iters"]}))
-            info["train_job"] = job.name
-        else:
-            log(f"[benchmark] teacher {tname}: reusing {tweights} (not retrained)")
         eval_dir = os.path.join(self.out, "teacher_eval", tname)
         info["eval_dir"] = eval_dir
         eval_file = os.path.join(eval_dir, "eval.json")
@@ -236,14 +228,30 @@ class Plan:
         argv = train_cmd(tconf, ["--eval-only", f"train.init_checkpoint={tweights}", f"train.output_dir={eval_dir}",
                                  *topts, *a.set, *a.teacher_set])
 
-        def save_eval(job, eval_file=eval_file, tweights=tweights):
+        def save_eval(job, source="this --eval-only run"):
             with open(job.log_file, errors="ignore") as f:
-                ev = parse_copypaste(f.read())
+                ev = parse_copypaste(f.read(), last=True)
             if ev is None:
                 raise RuntimeError(f"no bbox metrics in {job.log_file}")
+            os.makedirs(eval_dir, exist_ok=True)
             with open(eval_file, "w") as f:
                 json.dump({"eval": ev, "weights": tweights, "weights_mtime": os.path.getmtime(tweights),
-                           "argv": job.argv}, f)
+                           "argv": argv, "source": f"{source}: {job.log_file}"}, f)
+
+        if not info["reused"]:
+            # Trained here: its training run ends with one evaluation of exactly these weights,
+            # which an --eval-only run would repeat (unless the KD config evaluates the teacher
+            # with options of its own, ``model.teacher.opts``).
+            job = self.add(Job(
+                f"teacher:{tname}", "teacher",
+                train_once_cmd(tconf, tdir, info["iters"], [*a.set, *a.teacher_set]),
+                tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3, meta={"iters": info["iters"]},
+                on_done=None if topts else (lambda job: save_eval(job, "the training run's final evaluation"))))
+            info["train_job"] = job.name
+            if not topts:
+                return info
+        else:
+            log(f"[benchmark] teacher {tname}: reusing {tweights} (not retrained)")
 
         cached = None
         if os.path.isfile(eval_file) and info["reused"]:
@@ -317,7 +325,8 @@ class Plan:
                      python_cmd("-m", "d2kd.benchmark.measure", "overhead", "--config", exp.config,
                                 "--baseline", exp.baseline, "--output", oh_file, "--iters", str(a.overhead_iters),
                                 "--warmup", str(a.overhead_warmup), "--threads", str(a.threads),
-                                f"model.teacher.weights={tweights}", *a.set, *a.student_set),
+                                f"model.teacher.weights={tweights}", *a.set, *a.student_set,
+                                f"train.max_iter={iters}"),  # the run's length: the share of first image loads
                      oh_dir, deps=kd_deps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30))
         exp.runs, exp.wall_runs = [], []
         for s in a.seeds:

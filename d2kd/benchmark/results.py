@@ -89,15 +89,19 @@ def train_time(out_dir: str) -> Dict[str, Optional[float]]:
 _COPY = re.compile(r"copypaste: (.*)$", re.M)
 
 
-def parse_copypaste(text: str) -> Optional[Dict[str, float]]:
-    """The bbox metrics from Detectron2's ``print_csv_format`` lines."""
+def parse_copypaste(text: str, last: bool = False) -> Optional[Dict[str, float]]:
+    """The bbox metrics from Detectron2's ``print_csv_format`` lines (the first evaluation in
+    ``text``, or the last one)."""
     lines = [m.group(1).strip() for m in _COPY.finditer(text)]
+    found = None
     for i, line in enumerate(lines):
         if line == "Task: bbox" and i + 2 < len(lines):
             names = lines[i + 1].split(",")
             values = lines[i + 2].split(",")
-            return {n: _num(v) for n, v in zip(names, values)}
-    return None
+            found = {n: _num(v) for n, v in zip(names, values)}
+            if not last:
+                return found
+    return found
 
 
 def _num(x) -> float:
