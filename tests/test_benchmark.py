@@ -140,6 +140,14 @@ def test_second_call_reuses_teacher_and_runs(bench):
     assert "start kd:" not in second.stdout and "reused kd:retinanet:fitnet:s0" in second.stdout
     res = json.loads((tmp / "bench" / "results.json").read_text())
     assert res["detectors"]["retinanet"]["teacher"]["reused"] is True
+    # a teacher replaced at the same path: what used it runs again, the plain baseline does not
+    os.utime(weights, (mtime + 10, mtime + 10))
+    third = _benchmark(tmp)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "start kd:retinanet:fitnet:s0" in third.stdout and "start overhead:retinanet:fitnet" in third.stdout
+    assert "start memory:configs_shapes_retinanet_fitnet.py" in third.stdout
+    assert "reused baseline:retinanet:default:s0" in third.stdout
+    assert "start teacher_eval:" in third.stdout  # its cached score was for the old file
 
 
 def test_visualize_predictions_from_benchmark(bench):

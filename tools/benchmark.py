@@ -49,7 +49,7 @@ from d2kd.benchmark.results import (  # noqa: E402
     train_time,
     write_json,
 )
-from d2kd.benchmark.runner import Job, Scheduler, fmt_s, python_cmd  # noqa: E402
+from d2kd.benchmark.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd  # noqa: E402
 
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 #: Relative cost of one iteration (student iteration = 1) for the ETA before anything is measured.
@@ -177,7 +177,7 @@ class Plan:
         def mark_done(j, orig=orig):
             if j.status == "done" and j.kind not in ("teacher", "init"):
                 with open(os.path.join(j.out_dir, "benchmark_done.json"), "w") as f:
-                    json.dump({"argv": j.argv, "seconds": j.seconds}, f)
+                    json.dump({"argv": j.argv, "seconds": j.seconds, "inputs": input_stamps(j.inputs)}, f)
             if orig:
                 orig(j)
 
@@ -264,6 +264,16 @@ class Plan:
                          deps=[info["train_job"]] if info["train_job"] else [], weight=EVAL_COST * 3, on_done=save_eval))
         return info
 
+    def _inputs(self, config: str, tweights: Optional[str] = None) -> List[str]:
+        """The files a run of ``config`` reads besides the code and the data: its teacher's
+        weights, its starting checkpoint, its pseudo-labels (see ``input_stamps``)."""
+        cfg = _load(config, self.args.set + self.args.student_set)
+        paths = [tweights, cfg.train.get("init_checkpoint") or ""]
+        unlabeled = cfg.dataloader.train.get("unlabeled_dataset") if "train" in cfg.dataloader else None
+        if unlabeled is not None:
+            paths += list(unlabeled.get("pseudo_label_files") or [])
+        return [os.path.join(REPO, p) for p in paths if p and "://" not in p]
+
     def _init_jobs(self, config: str) -> List[str]:
         """The deps of a run of ``config`` that starts from ``train.init_checkpoint`` (a student
         fine-tuned from its own trained checkpoint, as LSHFM's RetinaNet rows are): the checkpoint
@@ -303,7 +313,8 @@ class Plan:
             out_dir = os.path.join(self.out, "runs", det, "baseline" if bname == "default" else f"baseline_{bname}", f"seed{s}")
             job = self.add(Job(f"baseline:{det}:{bname}:s{s}", "baseline",
                                train_cmd(config, run_overrides(out_dir, s, iters, a.evals, a)), out_dir,
-                               deps=init_deps, weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals, meta={"iters": iters}))
+                               deps=init_deps, weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals, meta={"iters": iters},
+                               inputs=self._inputs(config)))
             runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         return {"config": config, "iters": iters, "runs": runs}
 
@@ -327,14 +338,15 @@ class Plan:
                                 "--warmup", str(a.overhead_warmup), "--threads", str(a.threads),
                                 f"model.teacher.weights={tweights}", *a.set, *a.student_set,
                                 f"train.max_iter={iters}"),  # the run's length: the share of first image loads
-                     oh_dir, deps=kd_deps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30))
+                     oh_dir, deps=kd_deps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30,
+                     inputs=self._inputs(exp.config, tweights)))
         exp.runs, exp.wall_runs = [], []
         for s in a.seeds:
             out_dir = os.path.join(self.out, "runs", det, m, f"seed{s}")
             job = self.add(Job(f"kd:{det}:{m}:s{s}", "distilled",
                                train_cmd(exp.config, run_overrides(out_dir, s, iters, a.evals, a) + kd_extra), out_dir,
                                deps=kd_deps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
-                               meta={"iters": iters}))
+                               meta={"iters": iters}, inputs=self._inputs(exp.config, tweights)))
             exp.runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         if not a.no_wallclock:
             for s in a.seeds:
@@ -347,7 +359,8 @@ class Plan:
                     return train_cmd(exp.baseline, run_overrides(out_dir, s, n, a.evals, a))
 
                 job = self.add(Job(f"wall:{det}:{m}:s{s}", "wallclock", cmd, out_dir, deps=[f"overhead:{det}:{m}"],
-                                   weight=COST_GUESS["wallclock"] * iters + EVAL_COST * a.evals, meta={}))
+                                   weight=COST_GUESS["wallclock"] * iters + EVAL_COST * a.evals, meta={},
+                                   inputs=self._inputs(exp.baseline)))
                 exp.wall_runs.append({"seed": s, "job": job.name, "out_dir": out_dir})
         if not a.no_memory:
             for cfg_file, kind in ((exp.baseline, "student"), (exp.config, "kd")):
@@ -362,7 +375,7 @@ class Plan:
                                         *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
                                         *a.set, *a.student_set),
                              out_dir, deps=kd_deps if kind == "kd" else self._init_jobs(cfg_file), weight=40,
-                             meta={"config": cfg_file}))
+                             meta={"config": cfg_file}, inputs=self._inputs(cfg_file, tweights if kind == "kd" else None)))
 
     def _pseudo_label_jobs(self, exp, tconf, tweights, tdeps) -> List[str]:
         """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, METHODS.md

@@ -26,6 +26,7 @@ class Job:
     weight: float = 1.0  # estimated cost (seconds at the current estimate), for the ETA
     meta: Dict = field(default_factory=dict)
     done_file: Optional[str] = None  # if it exists before the job starts, the job is reused
+    inputs: List[str] = field(default_factory=list)  # files it reads: a newer one means "run again"
     status: str = "pending"  # pending | running | done | reused | failed | skipped
     seconds: float = 0.0
     error: str = ""
@@ -35,6 +36,13 @@ class Job:
     @property
     def log_file(self) -> str:
         return os.path.join(self.out_dir, "benchmark_job.log")
+
+
+def input_stamps(paths: Sequence[str]) -> Dict[str, Optional[float]]:
+    """``{path: mtime}`` of a job's input files (None: absent), stored with a finished job: a run
+    is reused only if its command line *and* these are unchanged (a retrained teacher at the same
+    path invalidates every distilled run that used the old one)."""
+    return {p: (os.path.getmtime(p) if os.path.exists(p) else None) for p in paths}
 
 
 def fmt_s(seconds: float) -> str:
@@ -126,7 +134,7 @@ class Scheduler:
                     prev = json.load(f)
             except (OSError, ValueError):
                 prev = {}
-            if prev.get("argv") == job.argv:
+            if prev.get("argv") == job.argv and prev.get("inputs", {}) == input_stamps(job.inputs):
                 job.status = "reused"
                 job.seconds = float(prev.get("seconds") or 0.0)
                 self.log(self.progress_line(f"reused {job.name} (finished before with the same command)"))
