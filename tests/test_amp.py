@@ -132,3 +132,16 @@ def test_bad_amp_setting_fails_before_training(tmp_path):
     )
     with pytest.raises(ConfigError, match="needs CUDA"):
         Trainer(cfg)
+
+
+def test_command_line_accepts_auto_but_not_other_strings():
+    from d2kd.engine.validate import ConfigError, load_config
+
+    cfg = load_config("configs/shapes/faster_rcnn_student.py", ["train.amp.enabled=auto"])
+    assert cfg.train.amp.enabled == "auto"
+    with pytest.raises(ConfigError, match="expected bool"):
+        load_config("configs/shapes/faster_rcnn_student.py", ["train.amp.enabled=maybe"])
+    # the teacher config says "auto"; False on the command line trains it in fp32
+    teacher = load_config("configs/shapes/faster_rcnn_teacher.py", ["train.amp.enabled=False"])
+    assert teacher.train.amp.enabled is False
+    assert load_config("configs/shapes/faster_rcnn_teacher.py").train.amp.enabled == "auto"
