@@ -55,6 +55,7 @@ def test_writes_results_md_json_and_plots(bench):
     assert math.isfinite(m["runs"][0]["eval"]["AP"])
     assert math.isfinite(d["baselines"]["default"]["runs"][0]["eval"]["AP"])
     assert math.isfinite(d["teacher"]["eval"]["AP"])
+    assert d["teacher"]["train_dtype"] == "float32"  # retinanet_teacher.py: no train.amp
     # the teacher trained here is scored by its training run's final evaluation, not again
     assert "start teacher_eval:" not in first.stdout
     teacher_rows = [json.loads(line) for line in open(tmp / "teachers" / "retinanet_teacher" / "metrics.json")]
@@ -319,3 +320,20 @@ def test_overhead_times_an_autocast_teacher_against_fp32(tmp_path):
     ratio = o["t_teacher_fp32_ms"] / o["t_teacher_ms"]
     assert (f"retinanet/fitnet: {o['t_teacher_ms']:.1f} ms in bfloat16 against {o['t_teacher_fp32_ms']:.1f} ms "
             f"for the same calls in fp32 (×{ratio:.2f})") in md
+
+
+def test_training_dtype_is_read_from_the_last_run_in_the_log(tmp_path):
+    """A folder trained under train.amp, then resumed in fp32: log.txt holds both runs, and the
+    reported dtype is the last one's."""
+    from conftest import TINY, run_train_net
+
+    from d2kd.benchmark.results import train_dtype
+
+    assert train_dtype(str(tmp_path)) is None
+    base = ["configs/shapes/faster_rcnn_student.py", *TINY, f"train.output_dir={tmp_path}", "train.checkpointer.period=1"]
+    first = run_train_net(["--config-file", *base, "train.max_iter=1", "train.amp.enabled=True"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert train_dtype(str(tmp_path)) == "bfloat16"
+    second = run_train_net(["--resume", "--config-file", *base, "train.max_iter=2"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert train_dtype(str(tmp_path)) == "float32"

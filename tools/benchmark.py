@@ -46,6 +46,7 @@ from d2kd.benchmark.results import (  # noqa: E402
     parse_copypaste,
     read_metrics,
     summarize_runs,
+    train_dtype,
     train_time,
     write_json,
 )
@@ -440,7 +441,7 @@ def collect(plan: Plan, jobs: Dict[str, Job], wall: float) -> Dict:
         dd = {
             "teacher": {"config": tconf, "weights": tweights, "reused": tinfo["reused"], "eval": tev.get("eval"),
                         "iters": tinfo["iters"], "train_s": ttime["train_s"], "s_per_iter": ttime["s_per_iter"],
-                        "eval_file": tinfo["eval_file"]},
+                        "eval_file": tinfo["eval_file"], "train_dtype": train_dtype(os.path.dirname(tweights))},
             "baseline_config": registry.DETECTORS.get(det),
             "baselines": {},
             "methods": {},

@@ -86,6 +86,23 @@ def train_time(out_dir: str) -> Dict[str, Optional[float]]:
     return out
 
 
+_MIXED = re.compile(r"Mixed precision: the training forward runs under autocast\(\w+, torch\.(\w+)\)")
+
+
+def train_dtype(out_dir: str) -> Optional[str]:
+    """The dtype the last training run logged in ``out_dir/log.txt`` computed its forward in
+    ("bfloat16" under ``train.amp``, else "float32"); None without a log of a training run."""
+    path = os.path.join(out_dir, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path, errors="ignore") as f:
+        runs = f.read().split("Starting training from iteration")
+    if len(runs) < 2:
+        return None
+    m = _MIXED.search(runs[-2].rsplit("Rank of current process", 1)[-1])  # the last run's set-up
+    return m.group(1) if m else "float32"
+
+
 _COPY = re.compile(r"copypaste: (.*)$", re.M)
 
 
@@ -202,8 +219,9 @@ def markdown(results: Dict) -> str:
         L.append(f"## {det}\n")
         nd = _ap_digits(d)
         t = d.get("teacher") or {}
+        trained = f", trained in {t['train_dtype']}" if t.get("train_dtype") else ""
         L.append(f"Teacher `{t.get('config')}` (weights `{t.get('weights')}`, "
-                 f"{'reused' if t.get('reused') else 'trained by this benchmark'}); "
+                 f"{'reused' if t.get('reused') else 'trained by this benchmark'}{trained}); "
                  f"baseline student `{d['baseline_config']}`.\n")
         L.append("| model | iters | AP | AP50 | APs | gain AP (equal iters) | gap closure | "
                  "gain AP (equal wall-clock) | train time (s) | s/iter |")
