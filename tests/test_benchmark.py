@@ -143,8 +143,11 @@ def test_second_call_reuses_teacher_and_runs(bench):
     assert res["detectors"]["retinanet"]["teacher"]["reused"] is True
     # a teacher replaced at the same path: what used it runs again, the plain baseline does not
     os.utime(weights, (mtime + 10, mtime + 10))
-    third = _benchmark(tmp)
+    # (and a config that now says 7 teacher iterations: the table reports the 2 the weights had)
+    third = _benchmark(tmp, "--teacher-set", "train.max_iter=7")
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    res = json.loads((tmp / "bench" / "results.json").read_text())
+    assert res["detectors"]["retinanet"]["teacher"]["iters"] == 2
     assert "start kd:retinanet:fitnet:s0" in third.stdout and "start overhead:retinanet:fitnet" in third.stdout
     assert "start memory:configs_shapes_retinanet_fitnet.py" in third.stdout
     assert "reused baseline:retinanet:default:s0" in third.stdout

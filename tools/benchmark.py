@@ -438,9 +438,13 @@ def collect(plan: Plan, jobs: Dict[str, Job], wall: float) -> Dict:
         tinfo = plan.teachers[tweights]
         tev = _read_json(tinfo["eval_file"]) or {}
         ttime = train_time(os.path.dirname(tweights))
+        titers = tinfo["iters"]
+        if tinfo["reused"]:  # what the weights were trained for, not what the config says now
+            its = [r["iteration"] for r in read_metrics(os.path.dirname(tweights)) if "total_loss" in r]
+            titers = max(its) + 1 if its else None
         dd = {
             "teacher": {"config": tconf, "weights": tweights, "reused": tinfo["reused"], "eval": tev.get("eval"),
-                        "iters": tinfo["iters"], "train_s": ttime["train_s"], "s_per_iter": ttime["s_per_iter"],
+                        "iters": titers, "train_s": ttime["train_s"], "s_per_iter": ttime["s_per_iter"],
                         "eval_file": tinfo["eval_file"], "train_dtype": train_dtype(os.path.dirname(tweights))},
             "baseline_config": registry.DETECTORS.get(det),
             "baselines": {},
