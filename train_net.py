@@ -27,11 +27,16 @@ from d2kd.export import DISTILLER_PREFIX, student_model_config
 
 def main(args):
     try:
-        return run(args)
+        result = run(args)
+        # No rank tears its process group down while another still runs its last hooks
+        # (evaluation, export on rank 0): PyTorch asks for every collective to have completed.
+        comm.synchronize()
+        return result
     finally:
         # Each worker of a multi-process run tears its process group down itself: left to the
-        # interpreter's exit, gloo's threads were occasionally destroyed while still joinable
-        # ("terminate called without an active exception", SIGABRT after training finished).
+        # interpreter's exit, gloo's threads can be destroyed while still joinable ("terminate
+        # called without an active exception", SIGABRT after training finished; pytorch#190489).
+        # Destroying alone did not stop it (a rank 1 still aborted once in ~10 suite runs).
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
