@@ -49,6 +49,11 @@ OPTIONAL_KEYS = {
     "train.amp": ("precision",),  # d2kd.engine.amp
 }
 
+#: Values a key takes besides those of its type in the config (checked by ``_check_type``).
+EXTRA_VALUES = {
+    "train.amp.enabled": ("auto",),  # True / False / "auto": d2kd.engine.amp
+}
+
 
 def _check_known_key(cfg, opt: str, key: str) -> None:
     """``train.max_iters=10`` would silently add an unused key to a plain section (``train``):
@@ -76,8 +81,8 @@ def _check_type(opt: str, old, new) -> None:
     not hours later."""
     if old is None or new is None or isinstance(old, str):
         return
-    if opt.split("=", 1)[0].lstrip("+") == "train.amp.enabled" and new == "auto":
-        return  # True / False / "auto" (d2kd.engine.amp)
+    if new in EXTRA_VALUES.get(opt.split("=", 1)[0].lstrip("+"), ()):
+        return
     kinds = {bool: (bool,), int: (int,), float: (int, float)}
     for kind, ok in kinds.items():
         if type(old) is kind and not (type(new) in ok and not (kind is not bool and type(new) is bool)):
