@@ -90,7 +90,13 @@ def _child_error(e: BaseException) -> str:
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    if args.num_machines == 1 and args.dist_url == parser.get_default("dist_url"):
+        # Detectron2's default port is derived from the user id alone, so a second multi-process
+        # run by the same user on this machine failed with EADDRINUSE; on one machine a free port
+        # is picked instead (``launch``'s "auto"). An explicit --dist-url is kept as given.
+        args.dist_url = "auto"
     try:
         # Fail before any process or model is started: a bad path, override or dataset name
         # gets one line naming it, not a traceback from a spawned worker.

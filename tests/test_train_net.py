@@ -121,14 +121,27 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 
 
 def test_two_cpu_processes_train(tmp_path):
+    """Two processes over gloo, while Detectron2's default port for this user is taken (as by
+    another multi-process run on this machine): without --dist-url a free port is used."""
+    import socket
+    from urllib.parse import urlparse
+
+    from detectron2.engine import default_argument_parser
+
     out = str(tmp_path)
-    proc = run_train_net(
-        ["--config-file", CONFIG, "--num-gpus", "2", *TINY_2PROC, "train.max_iter=4",
-         "dataloader.test.dataset.names=shapes_tiny_val", "train.checkpointer.period=100",
-         f"train.output_dir={out}"],
-        timeout=400,
-    )
+    default_port = urlparse(default_argument_parser().get_default("dist_url")).port
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past runs' TIME_WAIT
+        busy.bind(("127.0.0.1", default_port))
+        busy.listen()
+        proc = run_train_net(
+            ["--config-file", CONFIG, "--num-gpus", "2", *TINY_2PROC, "train.max_iter=4",
+             "dataloader.test.dataset.names=shapes_tiny_val", "train.checkpointer.period=100",
+             f"train.output_dir={out}"],
+            timeout=400,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f":{default_port}" not in proc.stdout + proc.stderr
     assert "world_size=2" in proc.stderr + proc.stdout or "Rank of current process: 0. World size: 2" in proc.stderr + proc.stdout
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
 
