@@ -565,8 +565,8 @@ def teacher_checks(res: Dict, plan: Plan) -> Dict:
                f"(`model.teacher.autocast_dtype={c['teacher_autocast_dtype']!r}`)" if "teacher_compute_dtype" in c else ""))
     lines.append("Teacher dtype: `build_teacher(autocast_dtype=...)` runs `Teacher.record` under `torch.autocast` "
                  "(\"auto\": bfloat16 where the device computes it natively: a CPU with AVX512-BF16/AMX, a CUDA GPU "
-                 "with bf16), weights staying fp32. Independently, `AMPTrainer` (`train.amp.enabled=True`, CUDA) "
-                 "autocasts the whole forward, the teacher's included.")
+                 "with bf16), weights staying fp32. Independently, `train.amp.enabled` (Detectron2's `AMPTrainer` on "
+                 "CUDA, d2kd's `AutocastTrainer` on CPU) autocasts the whole training forward, the teacher's included.")
     lines.append("`Teacher.record` uses `torch.no_grad`, not `torch.inference_mode` (documented in "
                  "d2kd/teacher.py: inference tensors cannot be saved for the student's backward); no graph is kept either way.")
     return {"lines": lines}
