@@ -118,6 +118,23 @@ def test_overhead_measured_on_fixed_batches(bench):
     assert all(v["peak_rss_increase_mb"] > 0 for v in mem.values())
 
 
+def test_parts_recorded_names_every_teacher_output():
+    """The report's "parts run": RPN/ROI/dense-head records and an SSD teacher's extras["ssd"]
+    (which the report missed: Chen 2017 on SSD was listed as running the backbone only)."""
+    import torch
+
+    from d2kd.benchmark.measure import parts_recorded
+    from d2kd.modeling.records import DetectorRecord
+
+    record = DetectorRecord(images=None, features={"p3": torch.zeros(1, 2, 4, 4)})
+    assert parts_recorded(record) == ["features"]
+    record.extras["ssd"] = {"cls_logits": torch.zeros(1, 5, 3)}
+    assert parts_recorded(record) == ["features", "ssd"]
+    record.extras["not_a_part"] = 1
+    record.head = object()
+    assert parts_recorded(record) == ["features", "head", "ssd"]
+
+
 def test_cost_of_teacher_and_student():
     from d2kd.benchmark.measure import measure_cost
 

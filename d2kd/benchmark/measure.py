@@ -107,6 +107,15 @@ def _tensors(obj):
             yield from _tensors(v)
 
 
+def parts_recorded(record) -> List[str]:
+    """The teacher parts (``d2kd.teacher.TEACHER_PARTS``) a ``DetectorRecord`` holds: its fields,
+    and for an SSD teacher ``extras["ssd"]``."""
+    from d2kd.teacher import TEACHER_PARTS
+
+    return [p for p in TEACHER_PARTS
+            if p == "features" or getattr(record, p, None) is not None or p in record.extras]
+
+
 def _reload_time(cfg, batches):
     """``(images in the training set, seconds to load a batch of these images again)``, the
     second time through ``cfg.dataloader.train``'s mapper; None for a loader without one."""
@@ -185,9 +194,8 @@ def measure_overhead(
         teacher_times.append(time.perf_counter() - t0)
         checks["teacher_outputs_require_grad"].append(
             any(t.requires_grad or t.grad_fn is not None for t in _tensors(
-                [out.features, out.rpn, out.roi, out.head])))
-        checks["teacher_parts_run"].append(
-            ["features"] + [p for p in ("rpn", "roi", "head") if getattr(out, p, None) is not None])
+                [out.features, out.rpn, out.roi, out.head, out.extras])))
+        checks["teacher_parts_run"].append(parts_recorded(out))
         return out
 
     teacher.record = timed_record
