@@ -132,8 +132,11 @@ def test_two_cpu_processes_train(tmp_path):
     default_port = urlparse(default_argument_parser().get_default("dist_url")).port
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past runs' TIME_WAIT
-        busy.bind(("127.0.0.1", default_port))
-        busy.listen()
+        try:
+            busy.bind(("127.0.0.1", default_port))
+            busy.listen()
+        except OSError:  # another process listens there already: it is taken either way
+            pass
         proc = run_train_net(
             ["--config-file", CONFIG, "--num-gpus", "2", *TINY_2PROC, "train.max_iter=4",
              "dataloader.test.dataset.names=shapes_tiny_val", "train.checkpointer.period=100",
