@@ -4,7 +4,8 @@ BN after every convolution (``norm="BN"``, like torchvision's ``vgg16_bn``) and 
 3000 iterations: 1.8 / 5.6 / 10.5 AP after 1000 / 2000 / 3000 (one run, 2026-12-01, ~33 min on one
 thread). Without BN the loss stayed flat at 7.1 from iteration 400 to 900 (0.02 AP after 500);
 with BN but Adam at 1e-3 (the reference student's optimizer) it learned 5x slower: 0.06 / 0.32 /
-0.94 AP after 500 / 1000 / 1500.
+0.94 AP after 500 / 1000 / 1500; at the student's 6e-3 (configs/shapes/ssd_student.py) it did not
+learn (loss flat at ~7.1, 0.03 AP after 3000; seed 0).
 
 Input: the 128-px shapes images through a fixed ``Resize((128, 128))`` (no-op size-wise), RGB,
 (img − 127) / 128, random flip (no ssd.pytorch photometric/expand/crop augmentation: short CPU
