@@ -48,6 +48,7 @@ from d2kd.benchmark.results import (  # noqa: E402
     summarize_runs,
     train_dtype,
     train_time,
+    trained_iters,
     write_json,
 )
 from d2kd.benchmark.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd  # noqa: E402
@@ -417,8 +418,7 @@ def _run_result(run: Dict, jobs: Dict[str, Job]) -> Dict:
     out["time"] = train_time(run["out_dir"])
     out["curves"] = curves(rows)
     if not out.get("iters"):
-        its = [r["iteration"] for r in rows if "iteration" in r]
-        out["iters"] = (max(its) + 1) if its else None
+        out["iters"] = trained_iters(rows)
     return out
 
 
@@ -440,8 +440,7 @@ def collect(plan: Plan, jobs: Dict[str, Job], wall: float) -> Dict:
         ttime = train_time(os.path.dirname(tweights))
         titers = tinfo["iters"]
         if tinfo["reused"]:  # what the weights were trained for, not what the config says now
-            its = [r["iteration"] for r in read_metrics(os.path.dirname(tweights)) if "total_loss" in r]
-            titers = max(its) + 1 if its else None
+            titers = trained_iters(read_metrics(os.path.dirname(tweights)))
         dd = {
             "teacher": {"config": tconf, "weights": tweights, "reused": tinfo["reused"], "eval": tev.get("eval"),
                         "iters": titers, "train_s": ttime["train_s"], "s_per_iter": ttime["s_per_iter"],

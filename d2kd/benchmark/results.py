@@ -86,6 +86,13 @@ def train_time(out_dir: str) -> Dict[str, Optional[float]]:
     return out
 
 
+def trained_iters(rows: List[Dict]) -> Optional[int]:
+    """How many iterations a run trained: the last training row of its ``metrics.json`` + 1 (an
+    evaluation at the end of training is logged one iteration later)."""
+    its = [r["iteration"] for r in rows if "total_loss" in r]
+    return max(its) + 1 if its else None
+
+
 _MIXED = re.compile(r"Mixed precision: the training forward runs under autocast\(\w+, torch\.(\w+)\)")
 
 
