@@ -169,6 +169,57 @@ def test_read_back_as_dataset(tmp_path):
         MetadataCatalog.remove("adltest_pseudo")
 
 
+def test_empty_or_truncated_json_names_the_file_and_the_fix(tmp_path):
+    """An empty, truncated or foreign json: one error naming the file and tools/pseudo_label.py,
+    not json's bare "Expecting value: line 1 column 1 (char 0)"."""
+    out = str(tmp_path / "pl.json")
+    dicts = _dicts(3)
+    _, cats = _run(tmp_path, FakeTeacher(), dicts, out)
+    pl.merge_parts(out, dicts, cats)
+    whole = open(out).read()
+    cases = {
+        "empty": ("", "is empty (0 bytes)"),
+        "truncated": (whole[: len(whole) // 2], f"is not valid JSON (Expecting"),
+        "foreign": ("[1, 2]", "is not a COCO-format pseudo-label json (no 'images', 'annotations', 'categories')"),
+    }
+    for name, (text, what) in cases.items():
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(text)
+        with pytest.raises(ValueError) as e:
+            pl.load_pseudo_label_dicts(str(bad))
+        msg = str(e.value)
+        assert msg.startswith(f"pseudo-label file {bad} {what}"), msg
+        assert "tools/pseudo_label.py" in msg and f"--output {bad}" in msg, msg
+    # through the semi-supervised pool a config builds (what train_net.py runs)
+    from d2kd.data.mixed_loader import semi_supervised_dataset_dicts
+
+    with pytest.raises(ValueError, match=f"pseudo-label file {tmp_path / 'truncated.json'} is not valid JSON"):
+        semi_supervised_dataset_dicts(labeled="shapes_tiny_train", pseudo_label_files=[str(tmp_path / "truncated.json")])
+
+
+def test_cli_annotates_again_over_an_unreadable_output(tmp_path, monkeypatch, capsys):
+    """tools/pseudo_label.py said "exists: nothing to do" for a truncated --output, so re-running
+    it (what the load error recommends) kept the broken file; it annotates again instead, and a
+    readable output is still a no-op."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pseudo_label_tool", os.path.join(REPO, "tools/pseudo_label.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    teacher = FakeTeacher()
+    teacher.num_classes = 8
+    monkeypatch.setattr(pl, "build_annotator", lambda *a, **k: (teacher, _identity))
+    out = tmp_path / "pl.json"
+    out.write_text('{"images": [{"id": 0, "file_na')  # cut short
+    args = ["--config-file", "configs/shapes/retinanet_student.py", "--weights", "unused.pth",
+            "--source", "shapes_tiny_val", "--max-images", "3", "--output", str(out), "--device", "cpu"]
+    assert tool.cli(args) == 0
+    assert f"{out} exists but cannot be read (pseudo-label file {out} is not valid JSON" in capsys.readouterr().out
+    assert teacher.images == 3 and len(pl.load_pseudo_label_dicts(str(out))) == 3
+    assert tool.cli(args) == 0
+    assert "exists: nothing to do" in capsys.readouterr().out and teacher.images == 3
+
+
 def test_folder_source_with_relative_names(tmp_path):
     import cv2
 

@@ -94,8 +94,15 @@ def main(args):
 
     logger = logging.getLogger("d2kd.pseudo_label")
     if os.path.exists(args.output) and not args.force and not args.merge_only:
-        print(f"{args.output} exists: nothing to do (--force to annotate again)")
-        return 0
+        try:
+            pl.read_pseudo_label_json(args.output)
+        except ValueError as e:
+            # An empty or truncated file (an interrupted copy, a full disk) is no result: "nothing
+            # to do" would keep it, and training would fail on it.
+            print(f"{args.output} exists but cannot be read ({e}); annotating again")
+        else:
+            print(f"{args.output} exists: nothing to do (--force to annotate again)")
+            return 0
     dicts, image_root, meta_name = _setup(args)
     world, rank = comm.get_world_size(), comm.get_rank()
     num_parts = args.num_shards * world

@@ -51,6 +51,7 @@ __all__ = [
     "read_part_files",
     "annotate_images",
     "merge_parts",
+    "read_pseudo_label_json",
     "load_pseudo_label_dicts",
     "register_pseudo_labeled_dataset",
 ]
@@ -355,6 +356,51 @@ def merge_parts(
 # ---------------------------------------------------------------------------------------------
 # Reading back
 # ---------------------------------------------------------------------------------------------
+#: Keys every pseudo-label json has (what :func:`merge_parts` writes).
+REQUIRED_KEYS = ("images", "annotations", "categories")
+
+
+def read_pseudo_label_json(json_file: str) -> dict:
+    """The parsed pseudo-label json, or a one-line error naming the file and how to rewrite it.
+
+    ``merge_parts`` writes the file atomically, so an empty or truncated one was cut short
+    elsewhere (a copy or download interrupted, a full disk); ``json``'s own error ("Expecting
+    value: line 1 column 1") names neither the file nor the fix.
+    """
+    if not PathManager.exists(json_file):
+        raise FileNotFoundError(
+            f"pseudo-label file {json_file} does not exist: create it with tools/pseudo_label.py "
+            f"(see its --help and configs/shapes/retinanet_adl_semi.py)"
+        )
+    rewrite = (
+        f"write it again: run tools/pseudo_label.py with --output {json_file} (and the teacher's "
+        f"--config-file, --weights, --source); it replaces a file it cannot read"
+    )
+    with PathManager.open(json_file, "r") as f:
+        text = f.read()
+    if not text.strip():
+        raise ValueError(
+            f"pseudo-label file {json_file} is empty ({len(text)} bytes), e.g. cut short by an "
+            f"interrupted copy or a full disk: {rewrite}"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"pseudo-label file {json_file} is not valid JSON ({e.msg} at line {e.lineno} column "
+            f"{e.colno} of {len(text)} bytes), e.g. truncated by an interrupted copy or a full "
+            f"disk: {rewrite}"
+        ) from e
+    missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(
+            f"pseudo-label file {json_file} is not a COCO-format pseudo-label json (no "
+            f"{', '.join(repr(k) for k in missing)}): point to a file written by "
+            f"tools/pseudo_label.py, or {rewrite}"
+        )
+    return data
+
+
 def load_pseudo_label_dicts(
     json_file: str,
     image_root: Optional[str] = None,
@@ -367,13 +413,7 @@ def load_pseudo_label_dicts(
     teacher's ``score`` kept. ``min_score`` re-thresholds a json written with a lower threshold.
     ``image_root`` (default: the json's ``info.image_root``) is joined to relative file names.
     """
-    if not PathManager.exists(json_file):
-        raise FileNotFoundError(
-            f"pseudo-label file {json_file} does not exist: create it with tools/pseudo_label.py "
-            f"(see its --help and configs/shapes/retinanet_adl_semi.py)"
-        )
-    with PathManager.open(json_file) as f:
-        data = json.load(f)
+    data = read_pseudo_label_json(json_file)
     cats = sorted(data["categories"], key=lambda c: c["id"])
     if thing_classes is not None and [c["name"] for c in cats] != list(thing_classes):
         raise ValueError(
