@@ -7,6 +7,10 @@ Convention: a test module that needs detectron2 starts with
 
 so that, where detectron2 is not importable, the module is skipped with a visible reason
 instead of failing at import.
+
+With ``D2KD_REQUIRE_DETECTRON2=1`` (what ``.ci/run`` sets when it has installed detectron2),
+such a skip is an error instead: a CI run can never pass with the suite hollowed out by a
+missing or broken detectron2 install.
 """
 import os
 
@@ -17,6 +21,44 @@ D2_MISSING = (
     "detectron2 is not importable: build it from its repository into this Python "
     "(README.md, Install); tests that need it are skipped"
 )
+
+#: Environment variable that turns a skip for a missing detectron2 into an error.
+REQUIRE_D2_ENV = "D2KD_REQUIRE_DETECTRON2"
+
+
+def _detectron2_required() -> bool:
+    return os.environ.get(REQUIRE_D2_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2])
+    return str(longrepr or "")
+
+
+def _fail_missing_detectron2(report) -> None:
+    """Turn ``report`` (a skip for a missing detectron2) into a failure, in place."""
+    if report.skipped and _detectron2_required() and "detectron2" in _skip_reason(report):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{_skip_reason(report)}\n{REQUIRE_D2_ENV} is set, so a test skipped for a missing "
+            f"detectron2 is an error: install detectron2 into this Python (README.md, Install)"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Module-level ``pytest.importorskip("detectron2")``."""
+    outcome = yield
+    _fail_missing_detectron2(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """``d2`` fixture and in-test ``importorskip``."""
+    outcome = yield
+    _fail_missing_detectron2(outcome.get_result())
 
 # Two cores: keep each test process to one intra-op thread so parallel work does not thrash.
 torch.set_num_threads(1)
