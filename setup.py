@@ -16,7 +16,10 @@ setup(
         "torchvision>=0.15",
         "fvcore>=0.1.5",
         "pycocotools>=2.0.2",
-        "opencv-python",
+        # The headless build: same `cv2` module, no libGL. d2kd never opens a window (pictures are
+        # written to files); requiring `opencv-python` installed a second cv2 beside the pinned
+        # headless one.
+        "opencv-python-headless",
         "matplotlib",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
