@@ -20,6 +20,12 @@ from d2kd.engine.amp import AutocastTrainer, autocast_forward, resolve_amp_dtype
         ({"enabled": "auto"}, "cpu", True, torch.bfloat16),
         ({"enabled": "auto"}, "cpu", False, None),
         ({"enabled": "auto", "precision": "bfloat16"}, "cuda", True, torch.bfloat16),
+        # native_bfloat16: "auto" while enabled stays False (what Detectron2's own script reads)
+        ({"enabled": False, "native_bfloat16": True}, "cpu", True, torch.bfloat16),
+        ({"enabled": False, "native_bfloat16": True}, "cpu", False, None),
+        ({"enabled": False, "native_bfloat16": True}, "cuda", True, torch.bfloat16),
+        ({"enabled": True, "native_bfloat16": True}, "cuda", False, torch.float16),  # enabled asks for more
+        ({"enabled": False, "native_bfloat16": False}, "cpu", True, None),
     ],
 )
 def test_resolved_dtype(monkeypatch, cfg, device, native, expected):
@@ -34,6 +40,8 @@ def test_resolved_dtype(monkeypatch, cfg, device, native, expected):
         ({"enabled": "yes"}, "train.amp.enabled must be"),
         ({"enabled": True, "precision": "half"}, "train.amp.precision must be"),
         ({"enabled": "auto", "precision": "float16"}, "drop the precision"),
+        ({"native_bfloat16": "auto"}, "train.amp.native_bfloat16 must be True or False"),
+        ({"native_bfloat16": True, "precision": "float16"}, "train.amp.native_bfloat16=True trains in bfloat16"),
     ],
 )
 def test_bad_settings_fail_with_the_key(monkeypatch, cfg, message):
@@ -141,10 +149,26 @@ def test_command_line_accepts_auto_but_not_other_strings():
     assert cfg.train.amp.enabled == "auto"
     with pytest.raises(ConfigError, match="expected bool"):
         load_config("configs/shapes/faster_rcnn_student.py", ["train.amp.enabled=maybe"])
-    # the teacher config says "auto"; False on the command line trains it in fp32
-    teacher = load_config("configs/shapes/faster_rcnn_teacher.py", ["train.amp.enabled=False"])
-    assert teacher.train.amp.enabled is False
-    assert load_config("configs/shapes/faster_rcnn_teacher.py").train.amp.enabled == "auto"
+    with pytest.raises(ConfigError, match="expected bool"):
+        load_config("configs/shapes/faster_rcnn_student.py", ["train.amp.native_bfloat16=auto"])
+
+
+def test_teacher_config_trains_in_bfloat16_where_native_but_not_under_detectron2s_amp(monkeypatch, tmp_path):
+    """faster_rcnn_teacher.py keeps train.amp.enabled False (Detectron2's tools/lazyconfig_train_net.py
+    reads it as a bool and runs its CUDA-only AMPTrainer for "auto"), and d2kd's trainer still
+    trains it in bfloat16 where native; native_bfloat16=False on the command line gives fp32."""
+    from d2kd.engine import Trainer
+    from d2kd.engine.validate import load_config
+
+    teacher = load_config("configs/shapes/faster_rcnn_teacher.py", TINY + [f"train.output_dir={tmp_path}"])
+    assert teacher.train.amp.enabled is False and teacher.train.amp.native_bfloat16 is True
+    monkeypatch.setattr(amp, "native_bfloat16", lambda device_type: True)
+    step = Trainer(teacher)._trainer
+    assert isinstance(step, AutocastTrainer) and step.precision == torch.bfloat16
+    fp32 = load_config("configs/shapes/faster_rcnn_teacher.py", ["train.amp.native_bfloat16=False"])
+    assert resolve_amp_dtype(fp32.train.amp, "cpu") is None
+    # every config has the key (configs/common/schedule.py), so --teacher-set can name it
+    assert load_config("configs/shapes/retinanet_teacher.py").train.amp.native_bfloat16 is False
 
 
 def test_two_cpu_processes_train_under_bfloat16(tmp_path):

@@ -43,7 +43,10 @@ train = dict(
     output_dir="./output",
     init_checkpoint="",
     max_iter=90000,
-    amp=dict(enabled=False),
+    # enabled: Detectron2's key (its tools/lazyconfig_train_net.py: AMPTrainer, CUDA only, for any
+    # true value); d2kd also takes "auto". native_bfloat16 (d2kd only): bfloat16 where the device
+    # computes it natively while enabled stays False for Detectron2's script (d2kd/engine/amp.py).
+    amp=dict(enabled=False, native_bfloat16=False),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=3),
     eval_period=5000,

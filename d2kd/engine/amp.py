@@ -9,6 +9,12 @@ fp32, hence "auto".
 
 ``train.amp.enabled``: ``False`` | ``True`` | ``"auto"`` (on where the device computes bfloat16
 natively, see :func:`d2kd.teacher.native_bfloat16`; then in bfloat16).
+``train.amp.native_bfloat16`` (d2kd only, default ``False``): ``True`` does what
+``enabled="auto"`` does while ``enabled`` stays ``False``. Detectron2's own
+``tools/lazyconfig_train_net.py`` reads ``train.amp.enabled`` as a bool and runs its CUDA-only
+``AMPTrainer`` for any true value, ``"auto"`` included, so a config meant to run under that script
+too (``configs/shapes/faster_rcnn_teacher.py``) says ``enabled=False, native_bfloat16=True``:
+fp32 there, bfloat16 where native under d2kd's ``train_net.py``.
 ``train.amp.precision`` (optional): ``"float16"`` (Detectron2's default, CUDA only) or
 ``"bfloat16"``; default ``"float16"`` on CUDA, ``"bfloat16"`` on CPU.
 
@@ -30,9 +36,15 @@ PRECISIONS = ("float16", "bfloat16")
 def resolve_amp_dtype(amp_cfg, device_type: str) -> Optional[torch.dtype]:
     """The autocast dtype ``train.amp`` asks for on ``device_type``, or None for fp32."""
     enabled = amp_cfg.get("enabled", False)
+    native = amp_cfg.get("native_bfloat16", False)
     precision = amp_cfg.get("precision", None)
     if enabled not in (True, False, "auto"):
         raise ValueError(f"train.amp.enabled must be True, False or \"auto\", got {enabled!r}")
+    if native not in (True, False):
+        raise ValueError(f"train.amp.native_bfloat16 must be True or False, got {native!r}")
+    auto_key = "train.amp.enabled=\"auto\""
+    if enabled is False and native:
+        enabled, auto_key = "auto", "train.amp.native_bfloat16=True"
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"train.amp.precision must be one of {PRECISIONS} (or unset), got {precision!r}")
     if enabled is False:
@@ -42,8 +54,8 @@ def resolve_amp_dtype(amp_cfg, device_type: str) -> Optional[torch.dtype]:
             return None
         if precision not in (None, "bfloat16"):
             raise ValueError(
-                f"train.amp.enabled=\"auto\" trains in bfloat16 where the device computes it "
-                f"natively, but train.amp.precision={precision!r}; drop the precision or set "
+                f"{auto_key} trains in bfloat16 where the device computes it natively, but "
+                f"train.amp.precision={precision!r}; drop the precision or set "
                 f"train.amp.enabled=True"
             )
         return torch.bfloat16

@@ -34,5 +34,12 @@ dataloader = dict(
         ),
         num_workers=0,
     ),
-    evaluator=L(COCOEvaluator)(dataset_name="${..test.dataset.names}", tasks=("bbox",)),
+    # COCOEvaluator converts a set without a COCO json (shapes) into one, cached in output_dir,
+    # and refuses to run without it; d2kd's trainer would fill it in, but Detectron2's own
+    # tools/lazyconfig_train_net.py instantiates the evaluator as written.
+    evaluator=L(COCOEvaluator)(
+        dataset_name="${..test.dataset.names}",
+        tasks=("bbox",),
+        output_dir="${...train.output_dir}/inference",
+    ),
 )
