@@ -49,7 +49,9 @@ def run(args):
     if args.eval_only:
         # The student alone: a distillation config's teacher is not needed to evaluate it.
         model = instantiate(student_model_config(cfg.model)).to(cfg.train.device)
-        ReportingCheckpointer(model, drop_prefixes=(DISTILLER_PREFIX,)).load(cfg.train.init_checkpoint)
+        ReportingCheckpointer(
+            model, drop_prefixes=(DISTILLER_PREFIX,), allow_pickle=cfg.train.get("allow_pickle_checkpoints", False)
+        ).load(cfg.train.init_checkpoint)
         return Trainer.test(cfg, model)
     try:
         trainer = Trainer(cfg)

@@ -19,18 +19,31 @@ Reading (both checkpointers, through :class:`SafeLoadMixin`):
   callables: a pickle can run code when loaded) is refused unless ``allow_pickle=True``
   (``train.allow_pickle_checkpoints=True``, ``build_teacher(allow_pickle=True)``), and then
   loaded with a warning.
+* A file that is no checkpoint at all (random bytes, an HTML error page, a renamed pickle) is
+  reported as such (:class:`NotACheckpointError`), with or without the opt-in: a ``.pth`` by its
+  first bytes, a ``.pkl`` by walking its opcodes (``pickletools``), before any unpickler runs;
+  not diagnosed as "needs pickle", nor left to fail with whatever an unpickler trips on
+  (``MemoryError``, ``IndexError``).
+
+Serving: Detectron2's ``DefaultPredictor`` loads ``MODEL.WEIGHTS`` with the stock
+``DetectionCheckpointer`` (plain ``pickle.load`` for a ``.pkl``). :func:`check_weights_file`
+reads a file the safe way and raises if it needs code to load; ``D2KDLazyModel`` calls it, so a
+``predictor.yaml`` is checked before ``DefaultPredictor`` ever unpickles its weights.
 """
+import errno
 import glob
 import io
 import logging
 import os
 import pickle
+import pickletools
 import re
 import time
 from typing import List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +52,10 @@ logger = logging.getLogger(__name__)
 DEBUG_DELAY_ENV = "D2KD_DEBUG_CHECKPOINT_DELAY"
 
 _TMP_RE = re.compile(r"\.tmp\.\d+$")
+
+
+#: errno values of a full disk or an exhausted quota.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _atomic_write(path: str, write) -> None:
@@ -53,9 +70,32 @@ def _atomic_write(path: str, write) -> None:
             time.sleep(delay)
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path) or ".")
+    except Exception as e:
+        full = _no_space_error(e)
+        if full is None:
+            raise
+        # torch.save reports a failed write as "[enforce fail at inline_container.cc] unexpected
+        # pos ...", naming neither the file nor the disk: say both.
+        raise OSError(
+            full.errno,
+            f"no space left writing {path} ({os.strerror(full.errno)}): free space on that disk, or "
+            f"point train.output_dir at another, then continue with --resume",
+        ) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _no_space_error(e: BaseException) -> Optional[OSError]:
+    """The disk-full ``OSError`` behind ``e``: itself, or what it was raised from or while
+    handling (torch.save's writer turns the file's ``OSError`` into a ``RuntimeError``)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fsync_dir(directory: str) -> None:
@@ -87,8 +127,21 @@ def remove_partial_checkpoints(save_dir: str) -> List[str]:
 
 
 # ---- reading without running code -------------------------------------------------------------
+#: How each route opts in to full pickle; the refusal names the one of the route that refused.
+OPT_IN_TRAIN = "train.allow_pickle_checkpoints=True (teacher: model.teacher.allow_pickle=True)"
+OPT_IN_PREDICTOR = (
+    "MODEL.ALLOW_PICKLE True in the predictor config (tools/demo.py --allow-pickle, "
+    "d2kd.export.build_predictor(..., allow_pickle=True))"
+)
+OPT_IN_YACS_TEACHER = "MODEL.DISTILL.TEACHER.ALLOW_PICKLE True"
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A ``.pkl`` file needs more than numpy arrays and plain containers to load."""
+
+
+class NotACheckpointError(ValueError):
+    """A weight file is not a checkpoint at all (empty, random bytes, damaged, another format)."""
 
 
 _NUMPY_GLOBALS = {
@@ -124,35 +177,148 @@ class _WeightsOnlyUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{module}.{name}")
 
 
-def load_pickle_weights(path: str, allow_pickle: bool = False):
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _not_a_checkpoint(path: str, why: str) -> NotACheckpointError:
+    return NotACheckpointError(
+        f"{path} is not a checkpoint: {why}; is it the right file, and was it copied completely?"
+    )
+
+
+#: Pickle opcodes that store into the memo; the unpickler grows its memo to twice the index
+#: (a random 4-byte index asks for tens of GB: the MemoryError of a random file).
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _scan_pickle(path: str, raw: bytes) -> None:
+    """Walk ``raw``'s opcodes without executing any (``pickletools.genops``): random bytes,
+    truncation and absurd memo indices are refused before any unpickler sees them."""
+    if not raw:
+        raise _not_a_checkpoint(path, "it is empty (0 bytes)")
+    count = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(raw):
+            count += 1
+            if opcode.name in _MEMO_PUTS and isinstance(arg, int) and arg > count:
+                raise ValueError(f"memo index {arg} after {count} opcodes")
+            if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                module, _, name = arg.partition(" ")
+                if not all(p.isidentifier() for p in module.split(".") + name.split(".")):
+                    raise ValueError(f"global {arg!r} is no Python name")
+    except Exception as e:  # genops: unknown opcode, truncated data, no STOP at the end
+        raise _not_a_checkpoint(path, f"it is no valid pickle ({_first_line(e)})") from None
+
+
+def load_pickle_weights(path: str, allow_pickle: bool = False, opt_in: str = OPT_IN_TRAIN):
     """A ``.pkl`` weight file: numpy arrays and plain types only, unless ``allow_pickle``."""
     with open(path, "rb") as f:
         raw = f.read()
+    _scan_pickle(path, raw)
     try:
         return _WeightsOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except UnsafePickleError as e:
         if not allow_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickle that needs '{e.args[0]}' to load, and unpickling it could run "
-                f"arbitrary code: if you trust the file, opt in with train.allow_pickle_checkpoints=True "
-                f"(teacher: model.teacher.allow_pickle=True), or convert it to a .pth of tensors"
+                f"arbitrary code: if you trust the file, opt in with {opt_in}, or convert it to a "
+                f".pth of tensors"
             ) from None
+    except Exception as e:  # a well-formed opcode stream that still does not unpickle
+        raise _not_a_checkpoint(path, f"it does not unpickle ({_first_line(e)})") from None
     logger.warning(
         "Loading %s with full pickle (allow_pickle=True): a pickle can run arbitrary code; "
         "only do this for files you trust",
         path,
     )
-    return pickle.loads(raw, encoding="latin1")
+    try:
+        return pickle.loads(raw, encoding="latin1")
+    except (ImportError, AttributeError):
+        raise  # a trusted pickle whose classes are not importable here: that is the message
+    except Exception as e:
+        raise _not_a_checkpoint(path, f"it does not unpickle ({_first_line(e)})") from None
+
+
+#: A legacy torch.save file starts with its pickled magic number (LONG1, 10 bytes).
+_TORCH_LEGACY_MAGIC = b"\x8a\x0a" + torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
+
+
+def check_torch_file_format(path: str) -> None:
+    """Raise :class:`NotACheckpointError` unless ``path`` starts like a ``torch.save`` file: a
+    zip archive (PyTorch >= 1.6, TorchScript), the legacy pickled magic number or a tar (< 0.4).
+    Read from the first bytes, so random bytes are not unpickled to find out."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        raise _not_a_checkpoint(path, "it is empty (0 bytes)")
+    if head.startswith(b"PK\x03\x04") or head[257:262] == b"ustar":
+        return
+    if head.startswith(b"\x80") and _TORCH_LEGACY_MAGIC in head[:32]:
+        return
+    hint = ""
+    if head.startswith(b"\x80") and 2 <= head[1] <= 5:
+        hint = " (it looks like a plain pickle: a Detectron2/Caffe2 model-zoo pickle must be named .pkl)"
+    raise _not_a_checkpoint(
+        path,
+        f"torch.save files start with a zip or pickle header, this one with {head[:8]!r}{hint}",
+    )
+
+
+def load_torch_weights(path: str, allow_pickle: bool = False, opt_in: str = OPT_IN_TRAIN):
+    """``torch.load`` of a ``.pth``: tensors and plain types only, unless ``allow_pickle``."""
+    check_torch_file_format(path)
+    try:
+        return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not allow_pickle:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise pickle.UnpicklingError(
+                f"{path} holds objects other than tensors and plain types ({first}); loading it "
+                f"could run arbitrary code: if you trust the file, opt in with {opt_in}"
+            ) from None
+    except RuntimeError as e:
+        if "PytorchStreamReader" in str(e):  # a zip cut short or damaged
+            raise _not_a_checkpoint(path, f"it is truncated or damaged ({_first_line(e)})") from None
+        raise
+    logger.warning(
+        "Loading %s with weights_only=False (allow_pickle=True): it can run arbitrary code; "
+        "only do this for files you trust",
+        path,
+    )
+    try:
+        return torch.load(path, map_location=torch.device("cpu"), weights_only=False)
+    except (pickle.UnpicklingError, EOFError, MemoryError, RuntimeError) as e:
+        raise _not_a_checkpoint(path, f"it does not load ({_first_line(e)})") from None
+
+
+def check_weights_file(path: str, *, opt_in: str = OPT_IN_PREDICTOR) -> None:
+    """Raise if reading ``path`` would need code from the file (or it is not a checkpoint).
+
+    For a loader that d2kd does not control (``DefaultPredictor``'s stock
+    ``DetectionCheckpointer`` unpickles a ``.pkl`` with plain ``pickle.load``): once the file
+    has been read here without running code, the stock loader reading it again runs none.
+    """
+    local = PathManager.get_local_path(path)  # detectron2:// and URLs, as the checkpointer does
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if local.endswith(".pkl"):
+        load_pickle_weights(local, allow_pickle=False, opt_in=opt_in)
+    else:
+        load_torch_weights(local, allow_pickle=False, opt_in=opt_in)
 
 
 class SafeLoadMixin:
     """``_load_file`` without code execution (see the module docstring)."""
 
     allow_pickle: bool = False
+    #: The opt-in a refusal names (the config key of the route that loads).
+    opt_in: str = OPT_IN_TRAIN
 
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
-            data = load_pickle_weights(filename, allow_pickle=self.allow_pickle)
+            data = load_pickle_weights(filename, allow_pickle=self.allow_pickle, opt_in=self.opt_in)
             if not isinstance(data, dict):
                 raise ValueError(f"{filename} holds a {type(data).__name__}, not a dict of weights")
             if "model" in data and "__author__" in data:
@@ -172,22 +338,7 @@ class SafeLoadMixin:
         return super()._load_file(filename)
 
     def _torch_load(self, f):
-        try:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
-            if not self.allow_pickle:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise pickle.UnpicklingError(
-                    f"{f} holds objects other than tensors and plain types ({first}); loading it "
-                    f"could run arbitrary code: if you trust the file, opt in with "
-                    f"train.allow_pickle_checkpoints=True (teacher: model.teacher.allow_pickle=True)"
-                ) from None
-        logger.warning(
-            "Loading %s with weights_only=False (allow_pickle=True): it can run arbitrary code; "
-            "only do this for files you trust",
-            f,
-        )
-        return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+        return load_torch_weights(f, allow_pickle=self.allow_pickle, opt_in=self.opt_in)
 
 
 class AtomicCheckpointer(SafeLoadMixin, DetectionCheckpointer):
@@ -286,10 +437,13 @@ class ReportingCheckpointer(SafeLoadMixin, DetectionCheckpointer):
     (``self.incompatible``), and can drop keys by prefix before loading (a distillation
     checkpoint's ``distillers.`` adapters, when loading it into the plain student)."""
 
-    def __init__(self, model, *, drop_prefixes=(), allow_pickle: bool = False, **kwargs):
+    def __init__(
+        self, model, *, drop_prefixes=(), allow_pickle: bool = False, opt_in: str = OPT_IN_TRAIN, **kwargs
+    ):
         super().__init__(model, **kwargs)
         self.drop_prefixes = tuple(drop_prefixes)
         self.allow_pickle = bool(allow_pickle)
+        self.opt_in = opt_in
         self.incompatible = None
 
     def _load_model(self, checkpoint):

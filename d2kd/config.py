@@ -13,6 +13,11 @@ def add_d2kd_config(cfg: CN) -> CN:
         # A LazyConfig file whose ``model`` the registered meta-architecture ``D2KDLazyModel``
         # instantiates: the route by which DefaultPredictor serves LazyConfig models.
         cfg.MODEL.LAZY_CONFIG = ""
+    if "ALLOW_PICKLE" not in cfg.MODEL:
+        # MODEL.WEIGHTS may be a pickle of arbitrary objects (which can run code when loaded).
+        # Off: d2kd's loaders read arrays, tensors and plain containers only, and D2KDLazyModel
+        # refuses such a file before DefaultPredictor's stock loader would unpickle it.
+        cfg.MODEL.ALLOW_PICKLE = False
     if "DISTILL" not in cfg.MODEL:
         cfg.MODEL.DISTILL = CN()
         cfg.MODEL.DISTILL.TEACHER = CN()
@@ -22,4 +27,8 @@ def add_d2kd_config(cfg: CN) -> CN:
         # {registered distiller name: {keyword arguments}}; e.g.
         # METHODS: {FeatureImitation: {in_features: [p3, p4], weight: 1.0}}
         cfg.MODEL.DISTILL.METHODS = CN(new_allowed=True)
+    if "ALLOW_PICKLE" not in cfg.MODEL.DISTILL.TEACHER:
+        # The teacher's WEIGHTS likewise (build_teacher(allow_pickle=...); LazyConfig:
+        # model.teacher.allow_pickle).
+        cfg.MODEL.DISTILL.TEACHER.ALLOW_PICKLE = False
     return cfg

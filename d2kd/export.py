@@ -9,20 +9,32 @@ Writes into ``output_dir``:
   ``dataloader``.
 - ``predictor.yaml``: a yacs config for ``DefaultPredictor`` (see :func:`load_predictor_config`).
 
+Serving it: :func:`build_predictor` (``tools/demo.py``) returns a ``DefaultPredictor`` whose
+weights are read by d2kd's checkpointer, which never runs code from a file (a ``.pkl`` that
+needs more than arrays is refused unless ``allow_pickle=True`` / ``MODEL.ALLOW_PICKLE``).
+Stock ``DefaultPredictor(load_predictor_config(path))`` is safe too: its model builder,
+``D2KDLazyModel``, checks ``MODEL.WEIGHTS`` that way before the stock loader unpickles it.
+
 Usage: ``python -m d2kd.export --config-file RUN/config.yaml --weights RUN/model_final.pth
 --output RUN/export``.
 """
 import argparse
 import copy
 import os
-from typing import Dict
+from typing import Dict, Union
 
 import torch
 from omegaconf import OmegaConf
 
-from detectron2.config import LazyConfig, get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg
 from detectron2.config.lazy import _convert_target_to_string
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.utils.registry import locate
+
+from .checkpoint import OPT_IN_PREDICTOR, ReportingCheckpointer, load_torch_weights
 
 #: Prefix of the distillers' parameters inside a distillation model's state dict.
 DISTILLER_PREFIX = "distillers."
@@ -100,12 +112,46 @@ def load_predictor_config(path: str):
     return y
 
 
+class Predictor(DefaultPredictor):
+    """``DefaultPredictor`` that reads ``cfg.MODEL.WEIGHTS`` with d2kd's checkpointer.
+
+    The stock one unpickles a ``.pkl`` with plain ``pickle.load``, which can run code from the
+    file; here it is read like every other d2kd weight file (``d2kd.checkpoint``): arrays,
+    tensors and plain containers only, unless ``allow_pickle`` (or ``MODEL.ALLOW_PICKLE``).
+    Everything else (resize, input format, ``__call__``) is ``DefaultPredictor``'s.
+    """
+
+    def __init__(self, cfg: CfgNode, *, allow_pickle: bool = False):
+        self.cfg = cfg.clone()
+        self.allow_pickle = bool(allow_pickle or cfg.MODEL.get("ALLOW_PICKLE", False))
+        build_cfg = self.cfg.clone()
+        build_cfg.defrost()
+        build_cfg.MODEL.WEIGHTS = ""  # read once, below (D2KDLazyModel would check it first)
+        self.model = build_model(build_cfg)
+        self.model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        ReportingCheckpointer(self.model, allow_pickle=self.allow_pickle, opt_in=OPT_IN_PREDICTOR).load(
+            cfg.MODEL.WEIGHTS
+        )
+        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for a predictor, got {self.input_format!r}")
+
+
+def build_predictor(path_or_cfg: Union[str, CfgNode], *, allow_pickle: bool = False) -> Predictor:
+    """A :class:`Predictor` from a ``predictor.yaml`` path (or its loaded yacs config)."""
+    cfg = load_predictor_config(path_or_cfg) if isinstance(path_or_cfg, str) else path_or_cfg
+    return Predictor(cfg, allow_pickle=allow_pickle)
+
+
 def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
     """Write the student-only checkpoint, its LazyConfig and a DefaultPredictor config."""
     os.makedirs(output_dir, exist_ok=True)
     cfg = copy.deepcopy(cfg)
     OmegaConf.resolve(cfg)  # the exported sections must not point into dropped ones
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_weights(weights)  # tensors only; "not a checkpoint" said as such
     state = checkpoint.get("model", checkpoint)
     student_weights = os.path.join(output_dir, "model_final.pth")
     torch.save({"model": student_state_dict(state)}, student_weights)

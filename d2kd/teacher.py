@@ -83,9 +83,19 @@ def build_model_from_config_file(config_file: str, opts: Sequence[str] = ()) -> 
 
 
 def load_weights(
-    model: nn.Module, weights: str, *, what: str, strict: bool = True, allow_pickle: bool = False
+    model: nn.Module,
+    weights: str,
+    *,
+    what: str,
+    strict: bool = True,
+    allow_pickle: bool = False,
+    opt_in: Optional[str] = None,
 ) -> None:
-    """Load ``weights`` with ``DetectionCheckpointer``; mismatches are an error unless not strict."""
+    """Load ``weights`` with ``DetectionCheckpointer``; mismatches are an error unless not strict.
+
+    ``opt_in``: how the caller's config allows full pickle, named when a file is refused
+    (default: the LazyConfig keys, ``d2kd.checkpoint.OPT_IN_TRAIN``).
+    """
     if not weights:
         raise ValueError(f"{what}: no weights file given; a frozen random {what} teaches nothing")
     if not os.path.isfile(weights) and "://" not in weights:
@@ -93,7 +103,7 @@ def load_weights(
     from .checkpoint import ReportingCheckpointer
 
     # weights_only loading; full pickle only with allow_pickle (see d2kd.checkpoint)
-    checkpointer = ReportingCheckpointer(model, allow_pickle=allow_pickle)
+    checkpointer = ReportingCheckpointer(model, allow_pickle=allow_pickle, **({"opt_in": opt_in} if opt_in else {}))
     try:
         checkpointer.load(weights)
     except Exception as e:
@@ -261,6 +271,7 @@ def build_teacher(
     strict: bool = True,
     autocast_dtype: Optional[str] = None,
     allow_pickle: bool = False,
+    opt_in: Optional[str] = None,
 ) -> Teacher:
     """Build a teacher from its own config file and weights (the LazyConfig target).
 
@@ -272,8 +283,12 @@ def build_teacher(
         autocast_dtype: see :class:`Teacher` (e.g. "float16" on CUDA, "auto": bfloat16 where native).
         allow_pickle: load weight files that need full pickle (arbitrary objects), with a
             warning; without it only tensors/numpy arrays and plain types are read.
+        opt_in: the caller's name for ``allow_pickle``, given in a refusal (the yacs route:
+            ``MODEL.DISTILL.TEACHER.ALLOW_PICKLE``); default the LazyConfig keys.
     """
     model = build_model_from_config_file(config_file, opts)
-    load_weights(model, weights, what=f"teacher ({config_file})", strict=strict, allow_pickle=allow_pickle)
+    load_weights(
+        model, weights, what=f"teacher ({config_file})", strict=strict, allow_pickle=allow_pickle, opt_in=opt_in
+    )
     logger.info("Teacher built from %s with weights %s", config_file, weights)
     return Teacher(model, config_file=config_file, weights=weights, autocast_dtype=autocast_dtype)

@@ -5,11 +5,14 @@
         --input photo.jpg shapes://shapes_val/000003.png --output output/demo [--score-thresh 0.3]
 
 ``--predictor`` is the ``predictor.yaml`` every d2kd run writes next to its exported student;
-the model is served by Detectron2's ``DefaultPredictor``. Inputs are image paths (anything
-Detectron2's ``read_image`` opens, ``shapes://`` included) or folders of images.
+the model is served by Detectron2's ``DefaultPredictor`` (``d2kd.export.build_predictor``: its
+weights are read without running code from the file; ``--allow-pickle`` for a trusted ``.pkl``
+of arbitrary objects). Inputs are image paths (anything Detectron2's ``read_image`` opens,
+``shapes://`` included) or folders of images.
 """
 import argparse
 import os
+import pickle
 import sys
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -44,18 +47,25 @@ def main(argv=None):
     parser.add_argument("--input", nargs="+", required=True, help="images or folders of images")
     parser.add_argument("--output", default="output/demo", help="folder for the PNG files")
     parser.add_argument("--score-thresh", type=float, default=0.3)
+    parser.add_argument(
+        "--allow-pickle", action="store_true",
+        help="load MODEL.WEIGHTS even if it is a pickle of arbitrary objects (it can run code: trusted files only)",
+    )
     args = parser.parse_args(argv)
     if not os.path.isfile(args.predictor):
         sys.exit(f"demo.py: error: predictor config not found: {args.predictor} (a run writes <output_dir>/student/predictor.yaml)")
 
     import cv2
     from detectron2.data import MetadataCatalog
-    from detectron2.engine import DefaultPredictor
 
-    from d2kd.export import load_predictor_config
+    from d2kd.export import build_predictor, load_predictor_config
 
     cfg = load_predictor_config(args.predictor)
-    predictor = DefaultPredictor(cfg)
+    try:
+        predictor = build_predictor(cfg, allow_pickle=args.allow_pickle)
+    except (pickle.UnpicklingError, ValueError, OSError) as e:  # refused, not a checkpoint, missing
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.exit(f"demo.py: error: cannot load the model of {args.predictor}: {first}")
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     os.makedirs(args.output, exist_ok=True)
     written = []

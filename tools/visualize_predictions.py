@@ -36,7 +36,9 @@ def load_student(config: str, weights: str, overrides=()):
 
     cfg = LazyConfig.apply_overrides(LazyConfig.load(config), list(overrides))
     model = instantiate(student_model_config(cfg.model))
-    ReportingCheckpointer(model, drop_prefixes=(DISTILLER_PREFIX,)).load(weights)
+    # The config's own pickle opt-in, as train_net.py --eval-only honours it.
+    allow_pickle = bool(cfg.train.get("allow_pickle_checkpoints", False)) if "train" in cfg else False
+    ReportingCheckpointer(model, drop_prefixes=(DISTILLER_PREFIX,), allow_pickle=allow_pickle).load(weights)
     model.eval()
     return model, cfg
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from detectron2.structures import ImageList
 
+from ...checkpoint import OPT_IN_YACS_TEACHER
 from ...distill.base import Distiller
 from ...teacher import TEACHER_PARTS, Teacher
 from ..records import DetectorRecord
@@ -66,7 +67,13 @@ class DistillationMixin:
 
         ret = cls.student_class.from_config(cfg)
         t = cfg.MODEL.DISTILL.TEACHER
-        ret["teacher"] = build_teacher(config_file=t.CONFIG_FILE, weights=t.WEIGHTS, opts=t.OPTS)
+        ret["teacher"] = build_teacher(
+            config_file=t.CONFIG_FILE,
+            weights=t.WEIGHTS,
+            opts=t.OPTS,
+            allow_pickle=t.get("ALLOW_PICKLE", False),
+            opt_in=OPT_IN_YACS_TEACHER,
+        )
         ret["distillers"] = build_distillers_from_cfg(cfg)
         return ret
 
