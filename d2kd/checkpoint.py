@@ -259,10 +259,9 @@ def check_torch_file_format(path: str) -> None:
         return
     hint = ""
     if head.startswith(b"\x80") and 2 <= head[1] <= 5:
-        hint = " (it looks like a plain pickle: a Detectron2/Caffe2 model-zoo pickle must be named .pkl)"
+        hint = "; it looks like a plain pickle: a Detectron2/Caffe2 model-zoo pickle must be named .pkl"
     raise _not_a_checkpoint(
-        path,
-        f"torch.save files start with a zip or pickle header, this one with {head[:8]!r}{hint}",
+        path, f"it is neither a torch.save zip archive nor a legacy torch.save file (it starts with {head[:8]!r}){hint}"
     )
 
 
