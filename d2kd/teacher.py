@@ -16,8 +16,8 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
-from .modeling.parts import retinanet_head_outputs, roi_box_outputs, rpn_outputs
-from .modeling.records import DetectorRecord
+from .modeling.parts import dense_head_layout, retinanet_head_outputs, roi_box_outputs, rpn_outputs
+from .modeling.records import DenseHeadLayout, DetectorRecord
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +182,15 @@ class Teacher:
             parts.append("rpn")
         if getattr(self.model, "roi_heads", None) is not None:
             parts.append("roi")
-        if hasattr(self.model, "head") and hasattr(self.model.head, "cls_subnet"):
+        if self.dense_head_layout() is not None:  # not every model with a `head` (FCOS's is not)
             parts.append("head")
         if hasattr(self.model, "prior_generator") and hasattr(self.model, "predict"):
             parts.append("ssd")
         return parts
+
+    def dense_head_layout(self) -> Optional[DenseHeadLayout]:
+        """The anchor layout of the dense head that ``record`` fills ``head`` from, or None."""
+        return dense_head_layout(self.model)
 
     # ---- staying frozen ---------------------------------------------------------------------
     def apply(self, fn) -> None:

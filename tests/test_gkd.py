@@ -339,7 +339,8 @@ def test_faster_rcnn_gkd_losses_vs_independent_loops_and_gradients(tmp_path):
 def test_no_prototypes_gives_unit_weights_and_logs(tmp_path, caplog):
     from detectron2.utils.events import EventStorage
 
-    cfg, model = _build("faster_rcnn", tmp_path)
+    # pgm_enabled=False: the model would otherwise run the PGM itself at its first step
+    cfg, model = _build("faster_rcnn", tmp_path, ["model.distillers.0.pgm_enabled=False"])
     d = model.distillers[0]
     d.max_iter = 100
     cap = _spy(d)

@@ -1,5 +1,6 @@
 """GKD's Prototype Generation Module: density filter, joint matching pursuit, instance selection,
-the trainer hook (empty classes, resume without recomputation)."""
+the generator the model runs itself (empty classes, resume without recomputation, under a plain
+Detectron2 trainer, from a yacs config)."""
 import math
 import os
 
@@ -12,7 +13,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from d2kd.distill.gkd_prototypes import (  # noqa: E402
-    GKDPrototypeHook,
+    PGMData,
+    PrototypeGenerator,
     density,
     density_candidates,
     generate_prototypes,
@@ -181,7 +183,7 @@ def test_select_pgm_instances_size_filter_crowd_and_cap():
             assert classes.tolist() == [1, 1]
 
 
-# ---- the hook on a real (tiny) distillation model ---------------------------------------------
+# ---- the generator on a real (tiny) distillation model ---------------------------------------------
 TINY = [
     "dataloader.train.dataset.names=shapes_tiny_train",
     "dataloader.test.dataset.names=shapes_tiny_val",
@@ -208,11 +210,6 @@ def shapes_cfg(tmp_path_factory):
     return cfg, tmp
 
 
-class _FakeTrainer:
-    def __init__(self, model, iteration, max_iter=100):
-        self.model, self.iter, self.max_iter = model, iteration, max_iter
-
-
 def _model(cfg):
     from detectron2.config import instantiate
 
@@ -220,21 +217,36 @@ def _model(cfg):
     return instantiate(cfg.model)
 
 
-def test_hook_fills_buffers_and_empty_class_keeps_previous(shapes_cfg):
+@pytest.fixture
+def pgm_runs(monkeypatch):
+    """The period index of every PGM run, in order."""
+    runs = []
+    update = PrototypeGenerator.update
+
+    def counting(self, period_index, iteration, model):
+        runs.append(period_index)
+        return update(self, period_index, iteration, model)
+
+    monkeypatch.setattr(PrototypeGenerator, "update", counting)
+    return runs
+
+
+def test_generator_fills_buffers_and_empty_class_keeps_previous(shapes_cfg, pgm_runs):
     cfg, _ = shapes_cfg
     model = _model(cfg)
     d = model.distillers[0]
     d.pgm_period = 10
-    hook = GKDPrototypeHook(d, cfg)
-    hook.trainer = _FakeTrainer(model, 0)
-    hook.before_train()
-    assert hook.num_runs == 1 and int(d.proto_period) == 0
-    present = sorted({int(c) for _, _, cls in hook._selection for c in cls})
+    gen = PrototypeGenerator(d, PGMData.from_dataloader_config(cfg.dataloader))
+    gen.maybe_update(0, model)
+    assert pgm_runs == [0] and int(d.proto_period) == 0
+    gen.maybe_update(9, model)
+    assert pgm_runs == [0]  # same period: nothing recomputed
+    present = sorted({int(c) for _, _, cls in gen._selection for c in cls})
     assert d.proto_valid[:, present].all()
     # prototypes are raw features of instances: each teacher prototype row is one of the
     # cached teacher instance features of its class at that level
     c = present[0]
-    feats_t = torch.cat([hook._teacher_cache[i][torch.as_tensor(cls) == c] for i, _, cls in hook._selection])
+    feats_t = torch.cat([gen._teacher_cache[i][torch.as_tensor(cls) == c] for i, _, cls in gen._selection])
     for level in range(len(d.in_features)):
         for row in d.proto_teacher[level, c]:
             assert (feats_t[:, level] - row).abs().amax(dim=1).min() < 1e-6
@@ -243,11 +255,11 @@ def test_hook_fills_buffers_and_empty_class_keeps_previous(shapes_cfg):
     before_s, before_t = d.proto_student.clone(), d.proto_teacher.clone()
     sentinel = torch.full_like(d.proto_student[:, c], 7.0)
     d.proto_student[:, c] = sentinel
-    full = hook._selection
-    hook._selection = [(i, b[cls != c], cls[cls != c]) for i, b, cls in full if (cls != c).any()]
-    t_cache = {i: hook._teacher_cache[i][torch.as_tensor(cls != c)] for i, _, cls in full if (cls != c).any()}
-    feats_s, _ = hook.extract(model, with_teacher=False)
-    hook.solve(feats_s, t_cache)
+    full = gen._selection
+    gen._selection = [(i, b[cls != c], cls[cls != c]) for i, b, cls in full if (cls != c).any()]
+    t_cache = {i: gen._teacher_cache[i][torch.as_tensor(cls != c)] for i, _, cls in full if (cls != c).any()}
+    feats_s, _ = gen.extract(model, with_teacher=False)
+    gen.solve(feats_s, t_cache)
     assert torch.equal(d.proto_student[:, c], sentinel)
     assert torch.equal(d.proto_teacher[:, c], before_t[:, c])
     assert d.proto_valid[:, c].all()
@@ -256,19 +268,13 @@ def test_hook_fills_buffers_and_empty_class_keeps_previous(shapes_cfg):
     assert torch.equal(d.proto_student[:, others], before_s[:, others])
     # solving with a selection that has no instance at all changes nothing
     snapshot = d.state_dict()
-    hook._selection = []
-    hook.solve({}, {})
+    gen._selection = []
+    gen.solve({}, {})
     for k, v in d.state_dict().items():
         assert torch.equal(v, snapshot[k]), k
 
 
-def _gkd_hook(trainer):
-    hooks = [h for h in trainer._hooks if isinstance(h, GKDPrototypeHook)]
-    assert len(hooks) == 1
-    return hooks[0]
-
-
-def test_checkpoint_round_trip_and_resume_does_not_recompute(shapes_cfg):
+def test_checkpoint_round_trip_and_resume_does_not_recompute(shapes_cfg, pgm_runs):
     from d2kd.engine import Trainer
 
     from detectron2.config import LazyConfig
@@ -283,8 +289,7 @@ def test_checkpoint_round_trip_and_resume_does_not_recompute(shapes_cfg):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    first = _gkd_hook(trainer)
-    assert first.num_runs == 1
+    assert pgm_runs == [0]
     d = trainer.model.distillers[0]
     saved = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
     for name in ("proto_student", "proto_teacher", "proto_valid", "proto_period"):
@@ -303,7 +308,7 @@ def test_checkpoint_round_trip_and_resume_does_not_recompute(shapes_cfg):
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 2
     resumed.train()
-    assert _gkd_hook(resumed).num_runs == 0
+    assert pgm_runs == [0]  # not recomputed
     assert torch.equal(resumed.model.distillers[0].proto_student, d.proto_student)
 
     # a resume that starts a new period recomputes once
@@ -312,5 +317,53 @@ def test_checkpoint_round_trip_and_resume_does_not_recompute(shapes_cfg):
     again.resume_or_load(resume=True)
     assert again.start_iter == 3
     again.train()
-    assert _gkd_hook(again).num_runs == 1
+    assert pgm_runs == [0, 1]
     assert int(again.model.distillers[0].proto_period) == 1
+
+
+def test_prototypes_built_under_a_plain_detectron2_trainer(shapes_cfg, pgm_runs):
+    """No d2kd Trainer: Detectron2's own SimpleTrainer loop (what tools/lazyconfig_train_net.py
+    and a yacs DefaultTrainer run) only calls model(batch). The model runs the PGM itself, at
+    the first step and at each period's start, and takes the run's length from its config."""
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.engine import SimpleTrainer
+
+    cfg, _ = shapes_cfg
+    cfg = LazyConfig.apply_overrides(cfg, ["model.distillers.0.pgm_period=2", "train.max_iter=3"])
+    model = _model(cfg).train()
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    cfg.optimizer.params.model = None
+    trainer = SimpleTrainer(model, instantiate(cfg.dataloader.train), optimizer)
+    trainer.train(0, 3)
+    d = model.distillers[0]
+    assert pgm_runs == [0, 1]  # iterations 0 and 2
+    assert int(d.proto_period) == 1 and d.proto_valid.any()
+    assert d.max_iter == 3 and d.attenuation_factor(2) == pytest.approx(1 / 3)
+
+
+def test_yacs_route_gives_gkd_its_training_set_and_length():
+    """MODEL.DISTILL.METHODS.GKD: the training set, test-time resize, batch size and length come
+    from the yacs config itself (DATASETS.TRAIN, INPUT.*_TEST, SOLVER)."""
+    from detectron2.config import CfgNode as CN
+    from detectron2.config import get_cfg
+    from detectron2.data import transforms as T
+
+    from d2kd.config import add_d2kd_config
+    from d2kd.distill.build import build_distillers_from_cfg
+
+    cfg = get_cfg()
+    add_d2kd_config(cfg)
+    cfg.DATASETS.TRAIN = ("shapes_tiny_train",)
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH = 7, 2
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 1333
+    cfg.MODEL.DISTILL.METHODS.GKD = CN({"CANONICAL_SIZE": 14, "PGM_PERIOD": 5})
+    [d] = build_distillers_from_cfg(cfg)
+    assert d.max_iter == 7 and d.pgm_period == 5 and d.canonical_size == 14
+    assert d.pgm_data.total_batch_size == 2 and d.pgm_data.image_format == "BGR"
+    assert len(d.pgm_data.dicts()) == 32
+    [resize] = d.pgm_data.augmentation_list()
+    assert isinstance(resize, T.ResizeShortestEdge) and resize.short_edge_length == (128, 128)
+    # the method's own keys win over the config's
+    cfg.MODEL.DISTILL.METHODS.GKD = CN({"MAX_ITER": 3})
+    assert build_distillers_from_cfg(cfg)[0].max_iter == 3

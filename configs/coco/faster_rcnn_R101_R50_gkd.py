@@ -24,6 +24,6 @@ model.teacher = L(build_teacher)(
     config_file="configs/coco/faster_rcnn_R101_2x.py",
     weights="output/coco/faster_rcnn_R101_2x/model_final.pth",
 )
-model.distillers = [L(GKD)()]
+model.distillers = [L(GKD)(pgm_data="${dataloader}", max_iter="${train.max_iter}")]
 train.init_checkpoint = "output/coco/faster_rcnn_R50_2x/model_final.pth"  # the trained student
 train.output_dir = "output/coco/faster_rcnn_R101_R50_gkd"

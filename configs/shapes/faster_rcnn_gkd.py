@@ -19,5 +19,10 @@ model.teacher = L(build_teacher)(
     weights="output/shapes/faster_rcnn_teacher/model_final.pth",
     autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (README: x1.64 here)
 )
-model.distillers = [L(GKD)(canonical_size=14, pgm_min_box_size=8, pgm_max_images_per_class=40)]
+model.distillers = [
+    L(GKD)(canonical_size=14, pgm_min_box_size=8, pgm_max_images_per_class=40,
+           # the PGM's images and the attenuation's length, read from this config by the model
+           # itself (any trainer that calls model(batch) runs the PGM)
+           pgm_data="${dataloader}", max_iter="${train.max_iter}")
+]
 train.output_dir = "output/shapes/faster_rcnn_gkd"

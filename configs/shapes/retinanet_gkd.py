@@ -29,7 +29,7 @@ model.teacher = L(build_teacher)(
 )
 model.distillers = [
     L(GKD)(in_features=["p3", "p4", "p5"], level_reduction="sum", canonical_size=14, pgm_min_box_size=8,
-           pgm_max_images_per_class=40)
+           pgm_max_images_per_class=40, pgm_data="${dataloader}", max_iter="${train.max_iter}")
 ]
 train.clip_grad_norm = 35.0
 train.output_dir = "output/shapes/retinanet_gkd"

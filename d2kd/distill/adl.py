@@ -186,35 +186,15 @@ class ADL(Distiller):
     def student_needs(self):
         return {"head"}
 
+    def paired_needs(self):
+        return {"head"}  # the teacher's anchors must be the student's (checked at build time)
+
     def bind(self, student, teacher) -> None:
         if "head" not in getattr(student, "student_parts", ()):
             raise ValueError(
                 f"ADL needs a dense sigmoid head (RetinaNet); {type(student).__name__} records "
                 f"{list(getattr(student, 'student_parts', ()))}"
             )
-        s_model, t_model = student, teacher.model
-        s_a = s_model.anchor_generator.num_cell_anchors
-        t_a = getattr(getattr(t_model, "anchor_generator", None), "num_cell_anchors", None)
-        if t_a is None:
-            raise ValueError(f"ADL: the teacher ({type(t_model).__name__}) has no dense anchor head")
-        s_strides = list(s_model.anchor_generator.strides)
-        t_strides = list(t_model.anchor_generator.strides)
-        if list(s_a) != list(t_a) or s_strides != t_strides:
-            raise ValueError(
-                f"ADL imitates logits anchor by anchor: the student has anchors per location "
-                f"{list(s_a)} at strides {s_strides}, the teacher {list(t_a)} at strides "
-                f"{t_strides}; they must be equal"
-            )
-        # Same anchor shapes in the same order, else channel a of the teacher is another box
-        # than channel a of the student (e.g. Detectron1's aspect ratios (1, 2, 0.5) vs (0.5, 1, 2)).
-        for level, (cs, ct) in enumerate(zip(s_model.anchor_generator.cell_anchors,
-                                             t_model.anchor_generator.cell_anchors)):
-            if cs.shape != ct.shape or not torch.allclose(cs.cpu().float(), ct.cpu().float(), atol=1e-3):
-                raise ValueError(
-                    f"ADL: head level {level} has cell anchors {cs.cpu().round().tolist()} in the "
-                    f"student but {ct.cpu().round().tolist()} in the teacher; anchor sizes, aspect "
-                    f"ratios and their order must match"
-                )
 
     def forward(self, student, teacher) -> Dict[str, Tensor]:
         s = torch.cat(student.head.cls_logits, dim=1)  # (N, R, K), all levels

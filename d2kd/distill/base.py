@@ -5,13 +5,15 @@ A distiller is an ``nn.Module`` (its adapters train with the student and live un
 
 1. calls ``bind(student, teacher)`` once, when the model is built, so the method can check
    shapes (an error names both) and create adapters sized from both models;
-2. in every training step, runs the teacher parts in ``teacher_needs()`` and calls
+2. in every training step, calls ``before_step(iteration, model)`` (periodic work of the method's
+   own, e.g. GKD's prototypes), runs the teacher parts in ``teacher_needs()`` and calls
    ``forward(student_record, teacher_record)``, which returns unweighted loss terms;
 3. multiplies every term by ``weight × schedule(iteration)`` and logs it as
    ``loss_kd_<name>_<term>``. A scheduled-off term is multiplied by zero, not skipped, so every
    adapter takes part in every step and DDP needs no unused-parameter search.
 """
-from typing import Dict, Iterable, List, Optional, Set
+import math
+from typing import Dict, Iterable, Optional, Set
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +49,12 @@ class KDSchedule:
         self.ramp_iters = ramp_iters
         self.stop_after = stop_after
 
+    def first_on(self, start: int, end: int) -> Optional[int]:
+        """The first iteration in ``[start, end)`` at which the multiplier is > 0, or None."""
+        first = max(start, self.warmup_iters)
+        last = end if self.stop_after is None else min(end, self.stop_after)
+        return first if first < last else None
+
     def __call__(self, iteration: int) -> float:
         if iteration < self.warmup_iters:
             return 0.0
@@ -71,8 +79,26 @@ class Distiller(nn.Module):
 
     def __init__(self, *, weight: float = 1.0, schedule: Optional[KDSchedule] = None):
         super().__init__()
-        self.weight = float(weight)
+        self.weight = self.check_weight("weight", weight)
         self.schedule = schedule if schedule is not None else KDSchedule()
+
+    def check_weight(self, key: str, value) -> float:
+        """``value`` of the loss multiplier argument ``key`` as a float; negative or non-finite
+        values are refused here, when the model is built, instead of training on a loss that
+        rewards moving away from the teacher (negative) or failing at the first step (nan)."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{type(self).__name__} (loss_kd_{self.name}_*): {key} must be a number, got {value!r}"
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"{type(self).__name__} (loss_kd_{self.name}_*): {key} must be finite and >= 0, got "
+                f"{value}; a negative multiplier rewards the student for moving away from the "
+                f"teacher (set {key}=0 to turn the term off)"
+            )
+        return value
 
     # ---- declared needs ---------------------------------------------------------------------
     def teacher_needs(self) -> Set[str]:
@@ -83,13 +109,36 @@ class Distiller(nn.Module):
         """Student parts that must be recorded (the meta-architecture checks it can)."""
         return set()
 
+    def paired_needs(self) -> Set[str]:
+        """Parts whose student and teacher outputs the method compares element by element (e.g.
+        ``"head"``: per-anchor class logits). The meta-architecture checks at build time that
+        both sides lay them out the same way (same anchors per location, strides and cell
+        anchors); none by default."""
+        return set()
+
+    def without(self, part: str) -> Optional[str]:
+        """How to run this method without the teacher ``part`` (e.g. ``"use_soft_label=False"``),
+        quoted when a teacher lacks it; None: the method cannot do without it."""
+        return None
+
     # ---- building ---------------------------------------------------------------------------
     def bind(self, student: nn.Module, teacher) -> None:
         """Check shapes and build adapters once both models exist. Raise with both shapes."""
 
-    def build_hooks(self, cfg) -> List:
-        """Trainer hooks this method needs (e.g. a periodic state update); none by default."""
-        return []
+    @classmethod
+    def context_from_yacs(cls, cfg) -> Dict:
+        """Keyword arguments a yacs config gives beyond ``MODEL.DISTILL.METHODS.<Name>`` (e.g.
+        GKD's training set and length); the method's own keys there override them."""
+        return {}
+
+    # ---- periodic work ------------------------------------------------------------------------
+    def before_step(self, iteration: int, model: nn.Module) -> None:
+        """Work the method does itself between steps (e.g. GKD's prototypes): called by the
+        meta-architecture at the start of every training forward, before any loss, on every
+        process (collectives meet: every process runs the same forward), so the method runs as
+        published under any trainer that calls ``model(batch)``. Its state belongs in buffers
+        (saved with checkpoints). ``model`` is the distillation model (its
+        ``inference_features`` gives backbone features of other images); nothing by default."""
 
     def detector_loss_scales(self) -> Dict[str, float]:
         """``{detector loss key: factor}`` for the student's OWN losses (e.g. Chen et al.'s μ on

@@ -15,5 +15,6 @@ def build_distillers_from_cfg(cfg) -> List[Distiller]:
                 f"MODEL.DISTILL.METHODS names an unknown distiller '{name}'; registered: "
                 f"{sorted(k for k, _ in DISTILLER_REGISTRY)}"
             ) from None
-        distillers.append(cls(**{k.lower(): v for k, v in (kwargs or {}).items()}))
+        own = {k.lower(): v for k, v in (kwargs or {}).items()}
+        distillers.append(cls(**{**cls.context_from_yacs(cfg), **own}))
     return distillers

@@ -154,7 +154,8 @@ class Chen2017(Distiller):
             raise ValueError(f"Chen2017: temperature must be > 0, got {temperature}")
         self.variant = variant
         self.mu, self.w_bg, self.w_obj, self.temperature = float(mu), float(w_bg), float(w_obj), float(temperature)
-        self.nu, self.margin, self.lam, self.gamma_hint = float(nu), float(margin), float(lam), float(gamma_hint)
+        self.nu, self.margin = self.check_weight("nu", nu), float(margin)
+        self.lam, self.gamma_hint = self.check_weight("lam", lam), self.check_weight("gamma_hint", gamma_hint)
         self.student_hint, self.teacher_hint = student_hint, teacher_hint
         self.hint_features = list(hint_features) if hint_features else None
         self.use_rpn, self.use_roi = bool(rpn), bool(roi)

@@ -1,6 +1,7 @@
 """GKD: Tang et al., ECCV 2022, "Distilling Object Detectors with Global Knowledge" — the Robust
 Distilling Module (RDM); METHODS.md §4.2. The prototypes come from the PGM
-(:mod:`d2kd.distill.gkd_prototypes`, run by the hook that :meth:`GKD.build_hooks` returns).
+(:mod:`d2kd.distill.gkd_prototypes`), which the distiller runs itself from the training forward
+(:meth:`GKD.before_step`), so any trainer that calls ``model(batch)`` gets it.
 
 Reference: ``hikvision-research/DAVAR-Lab-ML``, ``ECCV22_Distilling_Object_Detectors_with_Global_
 Knowledge/ObjectPerceptron/mmdetection/third_party/kd``: ``mmdet/strategy/kd_one_stage_strategy.py``
@@ -57,13 +58,15 @@ default the reference's ``KDLoss`` as written (softmax over the K sigmoid logits
 averaging them (``level_reduction="sum"``; the RetinaNet config uses it).
 """
 import logging
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Mapping
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import DISTILLER_REGISTRY, Distiller, check_levels, check_same_spatial_size, float32, zero_loss
+from .gkd_prototypes import PGMData, PrototypeGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +224,7 @@ class GKD(Distiller):
         pgm_period: Optional[int] = None,
         pgm_seed: int = 1,
         pgm_enabled: bool = True,
+        pgm_data=None,
         weight: float = 1.0,
         schedule=None,
     ):
@@ -240,13 +244,17 @@ class GKD(Distiller):
             global_loss, global_weight: the optional global (``use_r2i``) loss, × 5.
             attenuation: "linear" (``1 − iter/max_iter``), "epoch" (``1 − ⌊iter/period⌋·period/
                 max_iter``, the reference's per-epoch step) or "none".
-            max_iter: for the attenuation (default: the trainer's, set by the PGM hook).
+            max_iter: the run's length, for the attenuation (LazyConfig: ``"${train.max_iter}"``;
+                yacs: ``SOLVER.MAX_ITER``); needed unless ``attenuation="none"``.
             num_prototypes, alpha, density_sigma, density_quantile: PGM (10, 10, 0.1, 0.4).
             pgm_min_box_size, pgm_max_images_per_class: PGM instance filter (30 px, 800 images).
             pgm_min_instances: a class with fewer instances keeps its previous prototypes.
             pgm_period: iterations between PGM runs (default: one epoch of the training set).
             pgm_seed: seed of the PGM's image sampling.
-            pgm_enabled: build the PGM hook (False: prototypes only from a checkpoint).
+            pgm_enabled: run the PGM (False: prototypes only from a checkpoint).
+            pgm_data: the images the PGM reads: a :class:`~d2kd.distill.gkd_prototypes.PGMData`
+                or a LazyConfig ``dataloader`` section (``pgm_data="${dataloader}"``, as d2kd's
+                configs write it); yacs: ``DATASETS.TRAIN`` and the test-time resize.
         """
         super().__init__(weight=weight, schedule=schedule)
         if level_reduction not in ("mean", "sum"):
@@ -264,21 +272,33 @@ class GKD(Distiller):
         if num_prototypes < 1:
             raise ValueError(f"GKD: num_prototypes must be >= 1, got {num_prototypes}")
         self.in_features = list(in_features) if in_features else None
-        self.use_point, self.fg_weight, self.bg_weight = bool(use_point), float(fg_weight), float(bg_weight)
+        self.use_point = bool(use_point)
+        self.fg_weight, self.bg_weight = self.check_weight("fg_weight", fg_weight), self.check_weight("bg_weight", bg_weight)
         self.level_reduction = level_reduction
-        self.use_soft_label, self.soft_weight = bool(use_soft_label), float(soft_weight)
+        self.use_soft_label, self.soft_weight = bool(use_soft_label), self.check_weight("soft_weight", soft_weight)
         self.temperature, self.retina_soft = float(temperature), retina_soft
         self.use_robust_weights = bool(use_robust_weights)
         self.proposal_replace_gt = bool(proposal_replace_gt)
         self.canonical_size = float(canonical_size)
-        self.global_loss, self.global_weight = bool(global_loss), float(global_weight)
-        self.attenuation, self.max_iter, self.period = attenuation, max_iter, None
+        self.global_loss, self.global_weight = bool(global_loss), self.check_weight("global_weight", global_weight)
+        self.attenuation, self.period = attenuation, None
+        self.max_iter = None if max_iter is None else int(max_iter)
         self.num_prototypes, self.alpha = int(num_prototypes), float(alpha)
         self.density_sigma, self.density_quantile = float(density_sigma), float(density_quantile)
         self.pgm_min_box_size = float(pgm_min_box_size)
         self.pgm_max_images_per_class = int(pgm_max_images_per_class)
         self.pgm_min_instances = int(pgm_min_instances)
         self.pgm_period, self.pgm_seed, self.pgm_enabled = pgm_period, int(pgm_seed), bool(pgm_enabled)
+        if isinstance(pgm_data, Mapping):  # a LazyConfig dataloader section
+            pgm_data = PGMData.from_dataloader_config(pgm_data)
+        if pgm_data is not None and not isinstance(pgm_data, PGMData):
+            raise ValueError(
+                f"GKD: pgm_data must be a PGMData or a LazyConfig dataloader section (pgm_data="
+                f"\"${{dataloader}}\"), got {type(pgm_data).__name__}"
+            )
+        self.pgm_data = pgm_data
+        self._pgm: Optional[PrototypeGenerator] = None
+        self._iteration = 0  # the training iteration of the current step (before_step)
         self.adapters = nn.ModuleDict()
         self.on = None
         self.num_classes = None
@@ -316,8 +336,29 @@ class GKD(Distiller):
         self.register_buffer("proto_teacher", torch.zeros(L, self.num_classes, K, ct))
         self.register_buffer("proto_valid", torch.zeros(L, self.num_classes, dtype=torch.bool))
         self.register_buffer("proto_period", torch.tensor(-1, dtype=torch.long))
-        if self.on == "roi":
-            # Not submodules: plain references to the two models' ROI poolers (soft-label weights).
+        if self.attenuation != "none" and not self.max_iter:
+            raise ValueError(
+                f"GKD: attenuation='{self.attenuation}' (1 - iter/max_iter) needs max_iter, the run's "
+                f"length: pass max_iter (LazyConfig: max_iter=\"${{train.max_iter}}\", as d2kd's "
+                f"configs do), or attenuation='none'"
+            )
+        if self.pgm_enabled:
+            if self.pgm_data is None:
+                raise ValueError(
+                    "GKD: the PGM (pgm_enabled=True) needs the training images to build its "
+                    "prototypes from: pass pgm_data (LazyConfig: pgm_data=\"${dataloader}\", as "
+                    "d2kd's configs do; the yacs route passes DATASETS.TRAIN itself), or "
+                    "pgm_enabled=False to use prototypes from a checkpoint only"
+                )
+            if not self.pgm_period and not self.pgm_data.total_batch_size:
+                raise ValueError(
+                    "GKD: pgm_period=None (one epoch) needs the training batch size: give "
+                    "pgm_period, or pgm_data with total_batch_size"
+                )
+            self._pgm = PrototypeGenerator(self, self.pgm_data)
+        if self.on == "roi" and self.use_soft_label and "roi" in teacher.parts():
+            # Not submodules: plain references to the two models' ROI poolers (soft-label weights);
+            # a teacher without ROI heads is refused by the meta-architecture, naming the fix.
             rh, trh = student.roi_heads, teacher.model.roi_heads
             self._roi = dict(s_pooler=rh.box_pooler, s_in=list(rh.box_in_features),
                              t_pooler=trh.box_pooler, t_in=list(trh.box_in_features))
@@ -331,12 +372,26 @@ class GKD(Distiller):
     def student_needs(self):
         return {self.on} if self.on else set()
 
-    def build_hooks(self, cfg) -> List:
-        if not self.pgm_enabled:
-            return []
-        from .gkd_prototypes import GKDPrototypeHook
+    def paired_needs(self):
+        # RetinaNet soft labels compare the positive anchors' logits anchor by anchor
+        return {"head"} if self.use_soft_label and self.on == "head" else set()
 
-        return [GKDPrototypeHook(self, cfg)]
+    def without(self, part: str):
+        if part in ("roi", "head"):
+            return "use_soft_label=False (feature imitation only, no soft-label term)"
+        return None
+
+    @classmethod
+    def context_from_yacs(cls, cfg) -> Dict:
+        """The training set and length of a yacs config (``DATASETS.TRAIN``, ``SOLVER``)."""
+        return {"pgm_data": PGMData.from_yacs(cfg), "max_iter": cfg.SOLVER.MAX_ITER}
+
+    def before_step(self, iteration: int, model) -> None:
+        """The PGM at the first step and at the start of every period (prototypes already in a
+        resumed checkpoint for the current period are kept)."""
+        self._iteration = iteration
+        if self._pgm is not None:
+            self._pgm.maybe_update(iteration, model)
 
     # ---- prototypes ---------------------------------------------------------------------------
     def set_prototypes(self, level: int, cls: int, proto_s: Tensor, proto_t: Tensor) -> None:
@@ -347,8 +402,9 @@ class GKD(Distiller):
     def has_prototypes(self) -> bool:
         return int(self.proto_period) >= 0 and bool(self.proto_valid.any())
 
-    def set_training_length(self, *, max_iter: int, period: int) -> None:
-        if self.max_iter is None:
+    def set_training_length(self, *, period: int, max_iter: Optional[int] = None) -> None:
+        """The PGM period (for ``attenuation="epoch"``) and, if not given, the run's length."""
+        if self.max_iter is None and max_iter is not None:
             self.max_iter = int(max_iter)
         self.period = int(period)
 
@@ -415,9 +471,7 @@ class GKD(Distiller):
 
     # ---- losses -------------------------------------------------------------------------------
     def forward(self, student, teacher) -> Dict[str, Tensor]:
-        from ..modeling.meta_arch.distillation import current_iteration
-
-        att = self.attenuation_factor(current_iteration())
+        att = self.attenuation_factor(self._iteration)
         s_feats = [student.features[f] for f in self.in_features]
         # fp32 teacher maps (a teacher under autocast records bf16/fp16; the losses are fp32)
         t_feats = [float32(teacher.features[f]) for f in self.in_features]

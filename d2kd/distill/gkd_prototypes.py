@@ -25,13 +25,14 @@ Per class ``c`` and FPN level ``ℓ``:
 A class (at a level) with no candidate (no instance, or densities all equal) keeps its previous
 prototypes (the reference falls back to the previous prototypes file).
 
-:class:`GKDPrototypeHook` runs the PGM before training and at the start of every ``period``
+:class:`PrototypeGenerator` runs the PGM, from the distiller's own step (the training forward,
+under any trainer), before the first step and at the start of every ``period``
 iterations (an "epoch-equivalent"; default one pass over the training set), over the sampled
 subset, distributed over the processes (each rank extracts features for its share of the images,
 ``comm.all_gather`` joins them; each rank then solves its share of the classes and the
 prototypes are gathered again). The prototypes live in buffers of the :class:`~d2kd.distill.gkd.
 GKD` distiller (``proto_student``, ``proto_teacher``, ``proto_valid``, ``proto_period``), so they
-are saved with every checkpoint; on resume the hook does not recompute them when the checkpoint
+are saved with every checkpoint; on resume the generator does not recompute them when the checkpoint
 already holds the prototypes of the current period.
 """
 import logging
@@ -44,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -242,84 +242,128 @@ def select_pgm_instances(
 
 
 # ---------------------------------------------------------------------------------------------
-# The trainer hook
+# Where the PGM reads its images
 # ---------------------------------------------------------------------------------------------
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
+class PGMData:
+    """The images the PGM reads: the training set, the test-time augmentations (the resize, no
+    flip), and the training batch size over all processes (the default period is one epoch)."""
+
+    def __init__(
+        self,
+        *,
+        dataset,
+        augmentations: Sequence = (),
+        total_batch_size: Optional[int] = None,
+        image_format: Optional[str] = None,
+    ):
+        """
+        Args:
+            dataset: Detectron2 dataset dicts, the name(s) of datasets registered in
+                ``DatasetCatalog``, or a LazyConfig node that instantiates to the dicts (e.g.
+                ``dataloader.train.dataset``); read when the PGM first runs.
+            augmentations: test-time augmentations (instances or LazyConfig nodes).
+            total_batch_size: images per training iteration over all processes.
+            image_format: format to read images in (default: the model's ``input_format``).
+        """
+        self.dataset = dataset
+        self.augmentations = list(augmentations or ())
+        self.total_batch_size = None if total_batch_size is None else int(total_batch_size)
+        self.image_format = image_format
+        self._dicts = None
+
+    @classmethod
+    def from_dataloader_config(cls, dataloader) -> "PGMData":
+        """From a LazyConfig ``dataloader`` section (``train.dataset``, ``train.total_batch_size``,
+        ``test.mapper.augmentations`` and the mappers' ``image_format``)."""
+        train = dataloader["train"]
+        mapper = (dataloader.get("test", None) or {}).get("mapper", None) or {}
+        fmt = mapper.get("image_format", None) or (train.get("mapper", None) or {}).get("image_format", None)
+        return cls(
+            dataset=train["dataset"],
+            augmentations=mapper.get("augmentations", None) or (),
+            total_batch_size=train.get("total_batch_size", None),
+            image_format=fmt,
+        )
+
+    @classmethod
+    def from_yacs(cls, cfg) -> "PGMData":
+        """From a Detectron2 yacs config: ``DATASETS.TRAIN``, the test-time resize
+        (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``), ``SOLVER.IMS_PER_BATCH``, ``INPUT.FORMAT``."""
+        from detectron2.data import detection_utils as utils
+        from detectron2.data import get_detection_dataset_dicts
+
+        names = list(cfg.DATASETS.TRAIN)
+        filter_empty = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        return cls(
+            dataset=lambda: get_detection_dataset_dicts(names, filter_empty=filter_empty),
+            augmentations=utils.build_augmentation(cfg, is_train=False),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            image_format=cfg.INPUT.FORMAT,
+        )
+
+    def dicts(self) -> List[Dict]:
+        if self._dicts is None:
+            from detectron2.config import instantiate
+            from detectron2.data import get_detection_dataset_dicts
+
+            data = [self.dataset] if isinstance(self.dataset, str) else self.dataset
+            if isinstance(data, (list, tuple)) and data and all(isinstance(x, str) for x in data):
+                data = get_detection_dataset_dicts(list(data))  # registered names
+            elif callable(data):
+                data = data()
+            elif not isinstance(data, (list, tuple)):
+                data = instantiate(data)  # a LazyConfig node (e.g. dataloader.train.dataset)
+            self._dicts = list(data)
+        return self._dicts
+
+    def augmentation_list(self) -> List:
+        from detectron2.config import instantiate
+
+        return [instantiate(a) for a in self.augmentations]
 
 
-class GKDPrototypeHook(HookBase):
-    """Runs the PGM for a :class:`~d2kd.distill.gkd.GKD` distiller (built by its ``build_hooks``).
+# ---------------------------------------------------------------------------------------------
+# The generator: run by the distiller itself, from the training forward
+# ---------------------------------------------------------------------------------------------
+class PrototypeGenerator:
+    """Runs the PGM for a :class:`~d2kd.distill.gkd.GKD` distiller, from the distiller's own
+    ``before_step`` (called at the start of every training forward): at the first step and at
+    the start of every ``period`` iterations, whatever trainer calls the model.
 
-    Args:
-        distiller: the GKD distiller whose ``proto_*`` buffers it fills.
-        cfg: the LazyConfig (``cfg.dataloader.train.dataset`` gives the dataset dicts,
-            ``cfg.dataloader.test.mapper`` the test-time resize and image format,
-            ``cfg.dataloader.train.total_batch_size`` the epoch-equivalent).
-        dataset_dicts: overrides the dicts read from ``cfg`` (tests).
+    Every process runs the same training forward, so the collectives here (``all_gather`` of
+    the features and of the prototypes) meet on every rank.
     """
 
-    def __init__(self, distiller, cfg=None, *, dataset_dicts=None):
+    def __init__(self, distiller, data: PGMData):
         self.distiller = distiller
-        self.cfg = cfg
-        self._dataset_dicts = dataset_dicts
+        self.data = data
         self._selection = None
         self._teacher_cache: Optional[Dict[int, Tensor]] = None
         self.period = None
-        self.num_runs = 0  # how many times the PGM ran in this process (tests, logs)
 
-    # ---- configuration ------------------------------------------------------------------------
-    def _dicts(self):
-        if self._dataset_dicts is None:
-            from detectron2.config import instantiate
-
-            self._dataset_dicts = instantiate(self.cfg.dataloader.train.dataset)
-        return self._dataset_dicts
-
-    def _test_augmentations(self):
-        from detectron2.config import instantiate
-
-        augs, fmt = [], None
-        if self.cfg is not None:
-            mapper = self.cfg.dataloader.get("test", {}).get("mapper", None)
-            if mapper is not None:
-                augs = [instantiate(a) for a in (mapper.get("augmentations", None) or [])]
-                fmt = mapper.get("image_format", None)
-            if fmt is None:
-                fmt = self.cfg.dataloader.train.mapper.get("image_format", None)
-        return augs, fmt
-
-    def _epoch_iters(self) -> int:
+    def epoch_iters(self) -> int:
         d = self.distiller
         if d.pgm_period:
             return int(d.pgm_period)
-        batch = int(self.cfg.dataloader.train.total_batch_size) if self.cfg is not None else 1
-        return max(1, math.ceil(len(self._dicts()) / batch))
+        return max(1, math.ceil(len(self.data.dicts()) / int(self.data.total_batch_size or 1)))
 
-    def before_train(self):
-        d = self.distiller
-        self.period = self._epoch_iters()
-        d.set_training_length(max_iter=self.trainer.max_iter, period=self.period)
-        self._maybe_update(self.trainer.iter)
-
-    def before_step(self):
-        self._maybe_update(self.trainer.iter)
-
-    def _maybe_update(self, iteration: int):
+    def maybe_update(self, iteration: int, model) -> None:
+        if self.period is None:
+            self.period = self.epoch_iters()
+            self.distiller.set_training_length(period=self.period)
         wanted = iteration // self.period
         if int(self.distiller.proto_period) == wanted:
             return  # already generated for this period (e.g. restored from a checkpoint)
-        self.update(wanted)
+        self.update(wanted, iteration, model)
 
     # ---- one PGM run --------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, period_index: int):
+    def update(self, period_index: int, iteration: int, model) -> None:
         d = self.distiller
-        model = _unwrap(self.trainer.model)
         start = time.perf_counter()
         if self._selection is None:
             self._selection = select_pgm_instances(
-                self._dicts(),
+                self.data.dicts(),
                 d.num_classes,
                 min_box_size=d.pgm_min_box_size,
                 max_images_per_class=d.pgm_max_images_per_class,
@@ -331,51 +375,47 @@ class GKDPrototypeHook(HookBase):
             self._teacher_cache = feats_t
         self.solve(feats_s, self._teacher_cache)
         d.proto_period.fill_(period_index)
-        self.num_runs += 1
         logger.info(
             "GKD PGM: prototypes for period %d (iteration %d) from %d images in %.1f s; "
             "valid (class, level) pairs: %d/%d",
-            period_index, self.trainer.iter, len(self._selection), time.perf_counter() - start,
+            period_index, iteration, len(self._selection), time.perf_counter() - start,
             int(d.proto_valid.sum()), d.proto_valid.numel(),
         )
 
     def extract(self, model, with_teacher: bool):
-        """Per selected image, (n, L, C) pooled features of its instances; all ranks get all."""
+        """Per selected image, (n, L, C) pooled features of its instances; all ranks get all.
+
+        ``model.inference_features`` gives the student's (and the teacher's) backbone features
+        of one raw image, both in eval mode (see ``DistillationMixin``)."""
         from detectron2.data import detection_utils as utils
         from detectron2.data import transforms as T
 
-        augs, fmt = self._test_augmentations()
-        fmt = fmt or model.input_format
-        dicts = self._dicts()
+        augs = self.data.augmentation_list()
+        fmt = self.data.image_format or model.input_format
+        dicts = self.data.dicts()
         rank, world = comm.get_rank(), comm.get_world_size()
         mine_s, mine_t = {}, {}
-        was_training = model.training
-        model.eval()
-        try:
-            for k in range(rank, len(self._selection), world):
-                index, boxes, _ = self._selection[k]
-                record = dicts[index]
-                image = utils.read_image(record["file_name"], format=fmt)
-                aug_input = T.AugInput(image)
-                transforms = T.AugmentationList(augs)(aug_input)
-                image = aug_input.image
-                boxes_t = torch.as_tensor(transforms.apply_box(boxes.copy()), dtype=torch.float64)
-                tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-                s_images, t_images = model.preprocess_pair([{"image": tensor}])
-                mine_s[index] = self._pool(model.backbone(s_images.tensor), s_images.tensor, boxes_t)
-                if with_teacher:
-                    t_feats = model.teacher.model.backbone(t_images.tensor)
-                    mine_t[index] = self._pool(t_feats, t_images.tensor, boxes_t)
-        finally:
-            model.train(was_training)
+        for k in range(rank, len(self._selection), world):
+            index, boxes, _ = self._selection[k]
+            record = dicts[index]
+            image = utils.read_image(record["file_name"], format=fmt)
+            aug_input = T.AugInput(image)
+            transforms = T.AugmentationList(augs)(aug_input)
+            image = aug_input.image
+            boxes_t = torch.as_tensor(transforms.apply_box(boxes.copy()), dtype=torch.float64)
+            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            s_feats, s_size, t_feats, t_size = model.inference_features(tensor, teacher=with_teacher)
+            mine_s[index] = self._pool(s_feats, s_size, boxes_t)
+            if with_teacher:
+                mine_t[index] = self._pool(t_feats, t_size, boxes_t)
         feats_s, feats_t = {}, {}
         for part in comm.all_gather((mine_s, mine_t)):
             feats_s.update(part[0])
             feats_t.update(part[1])
         return feats_s, (feats_t if with_teacher else None)
 
-    def _pool(self, features: Dict[str, Tensor], padded: Tensor, boxes: Tensor) -> Tensor:
-        pad_h, pad_w = padded.shape[-2:]
+    def _pool(self, features: Dict[str, Tensor], padded_size, boxes: Tensor) -> Tensor:
+        pad_h, pad_w = padded_size
         per_level = []
         for level in self.distiller.in_features:
             f = features[level][0].float()

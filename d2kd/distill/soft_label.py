@@ -66,6 +66,9 @@ class SoftLabelKD(Distiller):
     def student_needs(self):
         return {self.on} if self.on else set()
 
+    def paired_needs(self):
+        return {"head"} if self.on == "head" else set()  # per-anchor logits, anchor by anchor
+
     def forward(self, student, teacher) -> Dict[str, Tensor]:
         if self.on == "roi":
             return {"cls": softmax_kd_loss(student.roi.scores, teacher.roi.scores, self.temperature)}

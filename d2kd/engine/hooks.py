@@ -1,6 +1,7 @@
 """Trainer hooks d2kd adds to Detectron2's defaults."""
 import logging
 import os
+import time
 
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -22,15 +23,59 @@ class TeacherEvalHook(HookBase):
         model = self.trainer.model
         model = getattr(model, "module", model)
         teacher = model.teacher.model
+        start = time.perf_counter()
         results = self._evaluate(teacher)
+        took = time.perf_counter() - start
         flat = {}
         for task, metrics in (results or {}).items():
             for name, value in metrics.items() if isinstance(metrics, dict) else []:
                 flat[f"teacher/{task}/{name}"] = value
-        if comm.is_main_process() and flat:
-            self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
-            logger.info("Teacher: %s", {k: round(v, 3) for k, v in flat.items() if "AP" in k})
+        if comm.is_main_process():
+            if flat:
+                self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
+            # A short run can spend most of its time here (1:48 of a 2:42 smoke run): say so.
+            headline = {k: round(v, 3) for k, v in flat.items() if k.rsplit("/", 1)[-1] in ("AP", "AP50", "AP75")}
+            logger.info(
+                "Teacher evaluated before training in %s (skip this with train.eval_teacher=False): %s",
+                _minutes(took), headline,
+            )
         comm.synchronize()
+
+
+def _minutes(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class DistillerScheduleCheck(HookBase):
+    """Warn, before training, about every distiller whose schedule keeps it off for the whole
+    run (e.g. a 100-iteration warm-up in a 20-iteration run): its KD terms would be 0 at every
+    step, and nothing else would say so."""
+
+    def before_train(self):
+        model = getattr(self.trainer.model, "module", self.trainer.model)
+        start, end = self.trainer.start_iter, self.trainer.max_iter
+        if start >= end or not comm.is_main_process():
+            return
+        for i, d in enumerate(getattr(model, "distillers", ())):
+            schedule = d.schedule
+            if schedule.first_on(start, end) is not None:
+                continue
+            what = f"{type(d).__name__} (distillers.{i}, loss_kd_{d.name}_*)"
+            if schedule.stop_after is not None and schedule.stop_after <= max(start, schedule.warmup_iters):
+                logger.warning(
+                    "%s is off for this whole run: its schedule stopped at iteration %d "
+                    "(stop_after) and this run trains iterations %d-%d; its KD terms will be 0",
+                    what, schedule.stop_after, start, end - 1,
+                )
+            else:
+                logger.warning(
+                    "%s is off for this whole run: its warm-up lasts %d iterations "
+                    "(schedule.warmup_iters=%d) but the run ends at train.max_iter=%d; its KD terms "
+                    "will be 0 at every step. Raise train.max_iter above %d or lower "
+                    "model.distillers.%d.schedule.warmup_iters",
+                    what, schedule.warmup_iters, schedule.warmup_iters, end, schedule.warmup_iters, i,
+                )
 
 
 class ExportStudentHook(HookBase):

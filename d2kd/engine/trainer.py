@@ -23,7 +23,7 @@ from detectron2.utils.events import EventStorage, get_event_storage
 
 from ..checkpoint import AtomicCheckpointer, init_checkpoint_fit
 from .amp import AutocastTrainer, resolve_amp_dtype
-from .hooks import ExportStudentHook, TeacherEvalHook, fault_injection_hooks
+from .hooks import DistillerScheduleCheck, ExportStudentHook, TeacherEvalHook, fault_injection_hooks
 from .nonfinite import NonFiniteGuard
 
 logger = logging.getLogger(__name__)
@@ -143,9 +143,10 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
         model = self.model.module if hasattr(self.model, "module") else self.model
+        if hasattr(model, "distillers"):
+            ret.append(DistillerScheduleCheck())  # first: its warning comes before any long work
         if hasattr(model, "teacher") and cfg.train.get("eval_teacher", False):
             ret.append(TeacherEvalHook(lambda teacher: self.test(self.cfg, teacher)))
-        ret.extend(self.build_extra_hooks())
         ret.extend(fault_injection_hooks())
         if comm.is_main_process():
             ret.append(
@@ -167,12 +168,6 @@ class Trainer(DefaultTrainer):
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period))
             ret.append(ExportStudentHook(cfg))
         return ret
-
-    def build_extra_hooks(self):
-        """Hooks that the model asks for (e.g. a distiller's periodic state update)."""
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        make = getattr(model, "build_hooks", None)
-        return list(make(self.cfg)) if make is not None else []
 
     def build_writers(self):
         from detectron2.engine.defaults import default_writers

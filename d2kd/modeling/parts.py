@@ -9,11 +9,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import ImageList, Instances
 
-from .records import DenseHeadRecord, ROIRecord, RPNRecord
+from .records import DenseHeadLayout, DenseHeadRecord, ROIRecord, RPNRecord
 
 
 def rpn_outputs(
@@ -107,3 +108,40 @@ def retinanet_head_outputs(model, features: Dict[str, Tensor]) -> DenseHeadRecor
         cls_features=cls_features,
         num_anchors=num_anchors,
     )
+
+
+def dense_head_layout(model) -> Optional[DenseHeadLayout]:
+    """The anchor layout of ``model``'s dense head if :func:`retinanet_head_outputs` records it,
+    else None. Only Detectron2's ``RetinaNet`` (and subclasses) qualify: other dense detectors
+    with a ``head`` (e.g. ``FCOS``: one anchor point per location, centerness-weighted scores)
+    produce outputs that methods written for per-anchor sigmoid logits cannot compare."""
+    if not isinstance(model, RetinaNet):
+        return None
+    generator = model.anchor_generator
+    return DenseHeadLayout(
+        in_features=list(model.head_in_features),
+        strides=[int(s) for s in generator.strides],
+        cell_anchors=[a.detach().cpu().float() for a in generator.cell_anchors],
+    )
+
+
+def check_same_dense_head_layout(method: str, student: DenseHeadLayout, teacher: DenseHeadLayout) -> None:
+    """Per-anchor outputs of two heads are comparable element by element only with the same
+    anchors per location, at the same strides, in the same channel order. The error names both."""
+    if student.num_anchors != teacher.num_anchors or student.strides != teacher.strides:
+        raise ValueError(
+            f"{method} compares the dense heads anchor by anchor: the student has "
+            f"{student.num_anchors} anchors per location at strides {student.strides}, the teacher "
+            f"{teacher.num_anchors} at strides {teacher.strides}; give the teacher and the student the "
+            f"same anchor_generator (sizes, aspect_ratios, strides), or use a method that compares "
+            f"features only (e.g. FeatureImitation, FGFI)"
+        )
+    for level, (cs, ct) in enumerate(zip(student.cell_anchors, teacher.cell_anchors)):
+        # Same shapes in the same order, else channel a of the teacher is another box than
+        # channel a of the student (e.g. Detectron1's aspect ratios (1, 2, 0.5) vs (0.5, 1, 2)).
+        if not torch.allclose(cs, ct, atol=1e-3):
+            raise ValueError(
+                f"{method}: head level {level} has cell anchors {cs.round().tolist()} in the student "
+                f"but {ct.round().tolist()} in the teacher; anchor sizes, aspect ratios and their "
+                f"order must match"
+            )

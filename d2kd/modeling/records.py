@@ -47,6 +47,20 @@ class DenseHeadRecord:
 
 
 @dataclass
+class DenseHeadLayout:
+    """Where a dense head's per-anchor outputs sit: what two heads must share for their
+    ``DenseHeadRecord`` tensors to be compared element by element."""
+
+    in_features: List[str]  # the head's levels
+    strides: List[int]  # per level
+    cell_anchors: List[Tensor]  # per level, (A, 4): the anchors of one location, in channel order
+
+    @property
+    def num_anchors(self) -> List[int]:
+        return [len(a) for a in self.cell_anchors]
+
+
+@dataclass
 class DetectorRecord:
     images: ImageList
     features: Dict[str, Tensor]

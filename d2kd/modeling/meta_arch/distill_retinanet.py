@@ -29,6 +29,7 @@ class DistillationRetinaNet(DistillationMixin, RetinaNet):
     def forward(self, batched_inputs: List[Dict]):
         if not self.training:
             return super().forward(batched_inputs)
+        self.before_distillation_step()
         images, teacher_images = self.preprocess_pair(batched_inputs)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         features = self.backbone(images.tensor)

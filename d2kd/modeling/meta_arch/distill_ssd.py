@@ -135,6 +135,7 @@ class DistillationSSD(DistillationMixin, SSD):
         if not all("instances" in x for x in batched_inputs):
             raise ValueError("DistillationSSD training needs 'instances' in every input")
         # SSD.forward_training, step by step, on the student's half of the paired images.
+        self.before_distillation_step()
         images, teacher_images = self.preprocess_pair(batched_inputs)
         features = self.extract_features(images)
         ssd = ssd_outputs(self, features)

@@ -4,9 +4,11 @@ A distillation model *is* the student detector (a subclass of its Detectron2 cla
 frozen teacher held outside the module tree and a ``ModuleList`` of distillers. In inference it
 is exactly the student. This file knows nothing of any particular method.
 """
+import logging
 import math
 from typing import Dict, List, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from detectron2.structures import ImageList
@@ -14,7 +16,19 @@ from detectron2.structures import ImageList
 from ...checkpoint import OPT_IN_YACS_TEACHER
 from ...distill.base import Distiller
 from ...teacher import TEACHER_PARTS, Teacher
+from ..parts import check_same_dense_head_layout, dense_head_layout
 from ..records import DetectorRecord
+
+logger = logging.getLogger(__name__)
+
+#: What each teacher part is, for messages.
+PART_MEANING = {
+    "features": "backbone feature maps",
+    "rpn": "an RPN's per-anchor objectness and deltas",
+    "roi": "a box head's ROI logits and deltas",
+    "head": "a RetinaNet-style dense head's per-anchor class logits and box deltas",
+    "ssd": "an SSD head's per-prior logits and deltas",
+}
 
 
 def current_iteration() -> int:
@@ -53,6 +67,7 @@ class DistillationMixin:
                 raise TypeError(f"distillers must be d2kd Distiller instances, got {type(d).__name__}")
             d.bind(self, teacher)  # may decide its needs from the two models
             self._check_needs(d)
+        self._check_weights()
         self.teacher_needs = sorted(set().union(*[d.teacher_needs() for d in self.distillers]) | {"features"})
         # Student and teacher see the same padded size, so same-stride maps align cell by cell.
         s, t = self.backbone.size_divisibility, teacher.size_divisibility
@@ -99,15 +114,30 @@ class DistillationMixin:
             raise ValueError(f"{d.name}: unknown teacher parts {sorted(unknown)}; known: {TEACHER_PARTS}")
         lacking = set(d.teacher_needs()) - set(self.teacher.parts())
         if lacking:
+            workaround = [w for w in (d.without(part) for part in sorted(lacking)) if w]
+            hint = (f"; {type(d).__name__} runs without it with {' and '.join(dict.fromkeys(workaround))}"
+                    if workaround else "; pick a teacher that has it")
             raise ValueError(
-                f"{d.name} needs teacher outputs {sorted(lacking)} that the teacher "
-                f"({type(self.teacher.model).__name__}) does not have (it has {self.teacher.parts()})"
+                f"{type(d).__name__} needs teacher outputs {sorted(lacking)} ({', '.join(PART_MEANING[p] for p in sorted(lacking))}) "
+                f"that the teacher ({type(self.teacher.model).__name__}) does not have (it has "
+                f"{self.teacher.parts()}){hint}"
             )
         lacking = set(d.student_needs()) - set(self.student_parts)
         if lacking:
             raise ValueError(
-                f"{d.name} needs student outputs {sorted(lacking)} that {type(self).__name__} "
+                f"{type(d).__name__} needs student outputs {sorted(lacking)} that {type(self).__name__} "
                 f"does not record (it records {list(self.student_parts)})"
+            )
+        if "head" in d.paired_needs():
+            check_same_dense_head_layout(type(d).__name__, dense_head_layout(self), self.teacher.dense_head_layout())
+
+    def _check_weights(self):
+        """A run whose every KD multiplier is 0 trains the student alone, at the teacher's cost."""
+        if self.distillers and all(d.weight == 0 for d in self.distillers):
+            logger.warning(
+                "every distiller's weight is 0 (%s): this run trains the student without "
+                "distillation, but still runs the teacher at every step",
+                ", ".join(f"{type(d).__name__}.weight" for d in self.distillers),
             )
 
     # ---- the teacher follows the student, but stays frozen ----------------------------------
@@ -124,6 +154,30 @@ class DistillationMixin:
         return self
 
     # ---- one training step ------------------------------------------------------------------
+    def before_distillation_step(self) -> None:
+        """Each distiller's own periodic work (``Distiller.before_step``), at the start of every
+        training forward: the model, not the trainer, keeps the methods' state up to date, so
+        any trainer that calls ``model(batch)`` trains the methods as published."""
+        iteration = current_iteration()
+        for d in self.distillers:
+            d.before_step(iteration, self)
+
+    @torch.no_grad()
+    def inference_features(self, image: Tensor, *, teacher: bool = True):
+        """Backbone features of one raw image (C, H, W) as the student and the teacher see it in
+        training (``preprocess_pair``), both models in eval mode, outside any autocast. Returns
+        ``(student features, padded (H, W), teacher features or None, padded (H, W))``."""
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                s_images, t_images = self.preprocess_pair([{"image": image}])
+                s = self.backbone(s_images.tensor)
+                t = self.teacher.model.backbone(t_images.tensor) if teacher else None
+        finally:
+            self.train(was_training)
+        return s, tuple(s_images.tensor.shape[-2:]), t, tuple(t_images.tensor.shape[-2:])
+
     def preprocess_pair(self, batched_inputs: List[Dict]):
         """The student's and the teacher's normalisation of the same augmented images."""
         raw = [self._move_to_current_device(x["image"]) for x in batched_inputs]
@@ -159,10 +213,3 @@ class DistillationMixin:
                     )
                 losses[key] = losses[key] * (1.0 + on * (factor - 1.0))
         return losses
-
-    # ---- trainer integration ----------------------------------------------------------------
-    def build_hooks(self, cfg) -> List:
-        hooks = []
-        for d in self.distillers:
-            hooks.extend(d.build_hooks(cfg))
-        return hooks
