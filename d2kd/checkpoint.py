@@ -265,6 +265,20 @@ def check_torch_file_format(path: str) -> None:
     )
 
 
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _weights_only_refusal(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in a phrase: the class the file needs
+    (torch's own message is a paragraph about its defaults, with terminal escapes)."""
+    needed = _UNSUPPORTED_GLOBAL.search(str(e))
+    if needed:
+        return f"it needs '{needed.group(1)}'"
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_torch_weights(path: str, allow_pickle: bool = False, opt_in: str = OPT_IN_TRAIN):
     """``torch.load`` of a ``.pth``: tensors and plain types only, unless ``allow_pickle``."""
     check_torch_file_format(path)
@@ -272,10 +286,9 @@ def load_torch_weights(path: str, allow_pickle: bool = False, opt_in: str = OPT_
         return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
     except pickle.UnpicklingError as e:
         if not allow_pickle:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise pickle.UnpicklingError(
-                f"{path} holds objects other than tensors and plain types ({first}); loading it "
-                f"could run arbitrary code: if you trust the file, opt in with {opt_in}"
+                f"{path} holds objects other than tensors and plain types ({_weights_only_refusal(e)}); "
+                f"loading it could run arbitrary code: if you trust the file, opt in with {opt_in}"
             ) from None
     except RuntimeError as e:
         if "PytorchStreamReader" in str(e):  # a zip cut short or damaged

@@ -210,8 +210,9 @@ def test_eval_only_honours_allow_pickle_checkpoints(train_net, served, tmp_path,
             f"train.output_dir={tmp_path / 'out'}"]
     code, lines, out = _cli(train_net, capfd, args)
     assert code == 1 and len(lines) == 1, out[-2000:]
-    assert f"{weights} holds objects other than tensors and plain types" in lines[0]
-    assert "opt in with train.allow_pickle_checkpoints=True" in lines[0]
+    assert (f"{weights} holds objects other than tensors and plain types (it needs 'fractions.Fraction'); "
+            f"loading it could run arbitrary code: if you trust the file, opt in with "
+            f"train.allow_pickle_checkpoints=True") in lines[0]
     code, lines, out = _cli(train_net, capfd, [*args, "train.allow_pickle_checkpoints=True"])
     assert code == 0 and not lines, out[-2000:]
     assert "bbox" in out and "AP" in out  # it evaluated
