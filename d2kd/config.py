@@ -6,6 +6,8 @@ buildable from a yacs ``CfgNode`` (``DistillationRCNN.from_config``) and let
 """
 from detectron2.config import CfgNode as CN
 
+from . import import_check  # noqa: F401  (a clear error where "d2kd" is a folder, not the package)
+
 
 def add_d2kd_config(cfg: CN) -> CN:
     """Add d2kd's keys to a Detectron2 yacs config, in place (idempotent)."""

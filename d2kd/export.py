@@ -34,6 +34,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 from detectron2.utils.registry import locate
 
+from . import import_check  # noqa: F401  (first: a clear error where "d2kd" is a folder, not the package)
 from .checkpoint import OPT_IN_PREDICTOR, ReportingCheckpointer, load_torch_weights
 
 #: Prefix of the distillers' parameters inside a distillation model's state dict.

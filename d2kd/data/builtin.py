@@ -30,6 +30,7 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 from detectron2.utils.file_io import PathManager
 
+from .. import import_check  # noqa: F401  (first: a clear error where "d2kd" is a folder, not the package)
 from .shapes import is_shapes_dataset, register_shapes
 
 __all__ = [

@@ -10,7 +10,7 @@ from detectron2.data import (
 )
 from detectron2.evaluation import COCOEvaluator
 
-import d2kd  # noqa: F401  (registers the shapes datasets)
+import d2kd.data  # noqa: F401  (registers the shapes datasets; fails clearly where "d2kd" is a folder)
 
 NUM_CLASSES = len(MetadataCatalog.get("shapes_train").thing_classes)
 
