@@ -367,3 +367,29 @@ def test_yacs_route_gives_gkd_its_training_set_and_length():
     # the method's own keys win over the config's
     cfg.MODEL.DISTILL.METHODS.GKD = CN({"MAX_ITER": 3})
     assert build_distillers_from_cfg(cfg)[0].max_iter == 3
+
+
+def test_prototypes_built_by_detectron2s_own_lazyconfig_train_net(shapes_cfg, tmp_path):
+    """Detectron2's stock tools/lazyconfig_train_net.py on configs/shapes/faster_rcnn_gkd.py (no
+    d2kd trainer, no d2kd hook): the checkpoint it writes holds the prototypes."""
+    import subprocess
+    import sys
+
+    import detectron2
+
+    script = os.path.join(os.path.dirname(os.path.dirname(detectron2.__file__)), "tools", "lazyconfig_train_net.py")
+    if not os.path.isfile(script):
+        pytest.skip("the stock tools/lazyconfig_train_net.py is not installed next to the package")
+    cfg, tmp = shapes_cfg
+    out = tmp_path / "stock"
+    proc = subprocess.run(
+        [sys.executable, script, "--config-file", os.path.join(REPO, "configs/shapes/faster_rcnn_gkd.py"),
+         *TINY, "train.max_iter=2",
+         f"model.teacher.weights={cfg.model.teacher.weights}", f"train.output_dir={out}",
+         f"dataloader.evaluator.output_dir={out}/inference", "model.distillers.0.pgm_max_images_per_class=4"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(str(out / "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    assert int(state["distillers.0.proto_period"]) == 0 and state["distillers.0.proto_valid"].any()
