@@ -393,3 +393,36 @@ def test_prototypes_built_by_detectron2s_own_lazyconfig_train_net(shapes_cfg, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(str(out / "model_final.pth"), map_location="cpu", weights_only=False)["model"]
     assert int(state["distillers.0.proto_period"]) == 0 and state["distillers.0.proto_valid"].any()
+
+
+def test_prototypes_built_under_a_yacs_default_trainer(shapes_cfg, tmp_path, pgm_runs):
+    """The yacs route: Detectron2's DefaultTrainer on MODEL.META_ARCHITECTURE DistillationRCNN
+    with MODEL.DISTILL.METHODS.GKD (a small R18-FPN student, the shapes teacher)."""
+    from detectron2 import model_zoo
+    from detectron2.config import CfgNode as CN
+    from detectron2.config import get_cfg
+    from detectron2.engine import DefaultTrainer
+
+    from d2kd.config import add_d2kd_config
+
+    lazy, _ = shapes_cfg
+    cfg = get_cfg()
+    add_d2kd_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_list([
+        "MODEL.META_ARCHITECTURE", "DistillationRCNN", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.ROI_HEADS.NUM_CLASSES", 8,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64, "DATASETS.TRAIN", ("shapes_tiny_train",), "DATASETS.TEST", (),
+        "INPUT.MIN_SIZE_TRAIN", (128,), "INPUT.MIN_SIZE_TEST", 128, "DATALOADER.NUM_WORKERS", 0,
+        "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.BASE_LR", 0.001, "OUTPUT_DIR", str(tmp_path),
+        "MODEL.DISTILL.TEACHER.CONFIG_FILE", lazy.model.teacher.config_file,
+        "MODEL.DISTILL.TEACHER.WEIGHTS", lazy.model.teacher.weights,
+    ])
+    cfg.MODEL.DISTILL.METHODS.GKD = CN({"CANONICAL_SIZE": 14, "PGM_MIN_BOX_SIZE": 8, "PGM_MAX_IMAGES_PER_CLASS": 4})
+    torch.manual_seed(0)
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    d = trainer.model.distillers[0]
+    assert pgm_runs == [0] and int(d.proto_period) == 0 and d.proto_valid.any()
+    assert d.max_iter == 2 and d.period == 16  # SOLVER.MAX_ITER; 32 images / SOLVER.IMS_PER_BATCH 2
