@@ -21,7 +21,8 @@ from detectron2.utils.logger import setup_logger
 import d2kd  # noqa: F401  (registers d2kd's models, backbones, distillers and datasets)
 from d2kd.engine import Trainer
 from d2kd.engine.validate import ConfigError, load_config, validate_config
-from d2kd.checkpoint import ReportingCheckpointer
+from d2kd.checkpoint import ReportingCheckpointer, init_checkpoint_fit
+from d2kd.engine.trainer import checkpoint_fit
 from d2kd.export import DISTILLER_PREFIX, student_model_config
 
 
@@ -43,16 +44,30 @@ def main(args):
 
 def run(args):
     cfg = load_config(args.config_file, args.opts)
-    default_setup(cfg, args)
+    previous_config = _read_config_yaml(cfg.train.output_dir)
+    default_setup(cfg, args)  # writes <output_dir>/config.yaml
     # d2kd's own loggers (teacher loading, distillers, hooks) go to the same console and log.txt.
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="d2kd", abbrev_name="d2kd")
     if args.eval_only:
         # The student alone: a distillation config's teacher is not needed to evaluate it.
         model = instantiate(student_model_config(cfg.model)).to(cfg.train.device)
-        ReportingCheckpointer(
+        checkpointer = ReportingCheckpointer(
             model, drop_prefixes=(DISTILLER_PREFIX,), allow_pickle=cfg.train.get("allow_pickle_checkpoints", False)
-        ).load(cfg.train.init_checkpoint)
+        )
+        checkpointer.load(cfg.train.init_checkpoint)
+        _check_eval_fit(args.config_file, cfg, model, checkpointer.incompatible)
         return Trainer.test(cfg, model)
+    try:
+        trainer = _build_and_load(cfg, args)
+    except BaseException:
+        # A run refused before training leaves the folder's config.yaml as it was: that of the
+        # run whose checkpoints are there (--resume with another config), not this one's.
+        _restore_config_yaml(cfg.train.output_dir, previous_config)
+        raise
+    return trainer.train()
+
+
+def _build_and_load(cfg, args):
     try:
         trainer = Trainer(cfg)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as e:
@@ -60,8 +75,47 @@ def run(args):
         # weights): one line on the console, the traceback in log.txt.
         _log_traceback(cfg.train.output_dir)
         raise ConfigError(f"cannot build {args.config_file}: {_one_line(e)}") from None
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        trainer.resume_or_load(resume=args.resume)
+    except ConfigError as e:
+        # Weights that do not fit: say which config they were loaded for.
+        raise ConfigError(f"{args.config_file}: {e}") from None
+    return trainer
+
+
+def _read_config_yaml(output_dir):
+    """``<output_dir>/config.yaml`` (rank 0 writes it) as (bytes, stat), or None."""
+    path = os.path.join(output_dir or "", "config.yaml")
+    if not output_dir or comm.get_rank() != 0 or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read(), os.stat(path)
+
+
+def _restore_config_yaml(output_dir, previous) -> None:
+    if previous is None:
+        return
+    content, st = previous
+    path = os.path.join(output_dir, "config.yaml")
+    try:
+        with open(path, "wb") as f:
+            f.write(content)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    except OSError:
+        pass
+
+
+def _check_eval_fit(config_file, cfg, model, incompatible) -> None:
+    """Weights of another architecture evaluated as AP nan, rc 0 (fvcore only warns): refuse
+    them as training's ``train.init_checkpoint`` check does; evaluation also needs every
+    parameter of the model from the file (a backbone-only file would evaluate random heads)."""
+    problem = init_checkpoint_fit(model, incompatible) or checkpoint_fit(model, incompatible)
+    if problem and not cfg.train.get("allow_partial_init", False):
+        raise ConfigError(
+            f"--eval-only: train.init_checkpoint {cfg.train.init_checkpoint} does not fit the model of "
+            f"{config_file}: {problem}; pick weights trained with this config (or set "
+            f"train.allow_partial_init=True to evaluate the matching part anyway)"
+        )
 
 
 def _one_line(e: BaseException) -> str:
@@ -91,9 +145,21 @@ def _child_error(e: BaseException) -> str:
     return last[len(prefix):] if last.startswith(prefix) else last
 
 
-def cli(argv=None):
+def argument_parser():
+    """Detectron2's parser, with ``key=value`` overrides and flags in any order: its overrides
+    are an ``argparse.REMAINDER``, so ``X train.max_iter=20 --num-gpus 2`` took ``--num-gpus``
+    for an override ("malformed override '--num-gpus'")."""
     parser = default_argument_parser()
-    args = parser.parse_args(argv)
+    for action in parser._actions:
+        if action.dest == "opts":
+            action.nargs = "*"
+            action.help = "key=value config overrides (e.g. train.max_iter=100), before or after the flags"
+    return parser
+
+
+def cli(argv=None):
+    parser = argument_parser()
+    args = parser.parse_intermixed_args(argv)
     if args.num_machines == 1 and args.dist_url == parser.get_default("dist_url"):
         # Detectron2's default port is derived from the user id alone, so a second multi-process
         # run by the same user on this machine failed with EADDRINUSE; on one machine a free port

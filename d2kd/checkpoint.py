@@ -393,7 +393,10 @@ class AtomicCheckpointer(SafeLoadMixin, DetectionCheckpointer):
         out += [p for p in others if os.path.abspath(p) != os.path.abspath(tagged or "")]
         return out
 
-    def resume_or_load(self, path: str, *, resume: bool = True):
+    def resume_or_load(self, path: str, *, resume: bool = True, check=None):
+        """``check(path, checkpoint, incompatible)``, if given, is called when resuming, after the
+        model was loaded and before the other checkpointables (optimizer, scheduler) are: it
+        raises to refuse a checkpoint that does not fit (written by another model or method)."""
         if not resume:
             return self.load(path, checkpointables=[])
         if self.save_to_disk:
@@ -416,7 +419,7 @@ class AtomicCheckpointer(SafeLoadMixin, DetectionCheckpointer):
                     "Resuming from %s: newer checkpoints could not be read (%s)", candidate, "; ".join(errors)
                 )
             self.resumed_from = candidate
-            return self._apply_loaded(candidate, checkpoint)
+            return self._apply_loaded(candidate, checkpoint, check=check)
         raise RuntimeError(
             f"cannot resume from {self.save_dir}: no checkpoint there can be read ({'; '.join(errors)}); "
             f"delete the broken files (or the directory) to start afresh, or drop --resume"
@@ -432,9 +435,11 @@ class AtomicCheckpointer(SafeLoadMixin, DetectionCheckpointer):
         finally:
             self._parsed_url_during_load = None
 
-    def _apply_loaded(self, path: str, checkpoint):
+    def _apply_loaded(self, path: str, checkpoint, check=None):
         self.logger.info("[Checkpointer] Resuming from %s ...", path)
         incompatible = self._load_model(checkpoint)
+        if check is not None:
+            check(path, checkpoint, incompatible)
         if incompatible is not None:
             self._log_incompatible_keys(incompatible)
         for key in self.checkpointables:

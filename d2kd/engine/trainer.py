@@ -8,9 +8,11 @@ writers with ETA, ``metrics.json``, TensorBoard) and only changes where each pie
 and ``cfg.train``, the layout of Detectron2's own LazyConfig baselines.
 """
 import copy
+import inspect
 import logging
 import os
 import weakref
+from typing import Optional
 
 import torch
 from detectron2.config import instantiate
@@ -25,6 +27,7 @@ from ..checkpoint import AtomicCheckpointer, init_checkpoint_fit
 from .amp import AutocastTrainer, resolve_amp_dtype
 from .hooks import DistillerScheduleCheck, ExportStudentHook, TeacherEvalHook, fault_injection_hooks
 from .nonfinite import NonFiniteGuard
+from .validate import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +73,6 @@ class Trainer(DefaultTrainer):
         try:
             dtype = resolve_amp_dtype(cfg.train.get("amp", {}), device_type)
         except ValueError as e:
-            from .validate import ConfigError
-
             raise ConfigError(str(e)) from None
         if dtype is None:
             return SimpleTrainer(model, data_loader, optimizer)
@@ -183,7 +184,7 @@ class Trainer(DefaultTrainer):
         a mostly-unfitting one anyway)."""
         init = self.cfg.train.init_checkpoint
         self.checkpointer.resumed_from = None
-        self.checkpointer.resume_or_load(init, resume=resume)
+        self.checkpointer.resume_or_load(init, resume=resume, check=self._check_resume_fit)
         resumed = self.checkpointer.resumed_from is not None
         if resumed:
             self.start_iter = self.iter + 1
@@ -191,13 +192,26 @@ class Trainer(DefaultTrainer):
         elif init:
             problem = init_checkpoint_fit(self.model, self.checkpointer.incompatible)
             if problem and not self.cfg.train.get("allow_partial_init", False):
-                from .validate import ConfigError
-
                 raise ConfigError(
                     f"train.init_checkpoint {init} does not fit the model: {problem}; it is for a "
                     f"different architecture (pick the weights for this config, or set "
                     f"train.allow_partial_init=True to load the matching part anyway)"
                 )
+
+    def _check_resume_fit(self, path, checkpoint, incompatible):
+        """A checkpoint in ``output_dir`` written by another model or method failed at its
+        optimizer state ("parameter group" ValueError) or at the first step ("broadcast shape"):
+        the model must fit it exactly, and the optimizer state must be for these parameters."""
+        optimizer_state = (checkpoint.get("trainer") or {}).get("_trainer", {}).get("optimizer")
+        problem = checkpoint_fit(self.model, incompatible, allow_unexpected=False) or (
+            optimizer_state_fit(self.optimizer, optimizer_state, self.model) if optimizer_state else None
+        )
+        if problem:
+            raise ConfigError(
+                f"--resume: checkpoint {path} does not fit this config: {problem}; it was written by "
+                f"another model or method (resume with the config that wrote it, or set a new "
+                f"train.output_dir to start afresh)"
+            )
 
     def state_dict(self):
         ret = super().state_dict()
@@ -253,6 +267,74 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             print_csv_format(results)
         return results
+
+
+def checkpoint_fit(model, incompatible, *, allow_unexpected: bool = True) -> Optional[str]:
+    """``None`` if a loaded checkpoint gave ``model`` every tensor, each with its shape (what
+    evaluating or resuming needs, unlike an init checkpoint: see
+    :func:`d2kd.checkpoint.init_checkpoint_fit`); else why not, in a phrase. ``incompatible`` is
+    the checkpointer's report. Tensors of the file that the model lacks are refused too unless
+    ``allow_unexpected`` (resuming: the optimizer state would be for other parameters)."""
+    if incompatible is None:
+        return None
+    model = getattr(model, "module", model)
+    n_model = len(model.state_dict())
+
+    def counted(keys):  # BatchNorm's step counter alone changes nothing
+        return [k for k in keys if not k.endswith("num_batches_tracked")]
+
+    shapes = list(incompatible.incorrect_shapes)
+    wrong = {k for k, _, _ in shapes}
+    missing = [k for k in counted(incompatible.missing_keys) if k not in wrong]
+    unexpected = [] if allow_unexpected else counted(incompatible.unexpected_keys)
+    if not (missing or shapes or unexpected):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {n_model} tensors are not in the file (e.g. {missing[:2]})")
+    if shapes:
+        eg = "; ".join(f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in shapes[:2])
+        parts.append(f"{len(shapes)} tensors have another shape (e.g. {eg})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors of the file are not in the model (e.g. {unexpected[:2]})")
+    return ", ".join(parts)
+
+
+def optimizer_state_fit(optimizer, state, model=None) -> Optional[str]:
+    """``None`` if ``state`` (a saved ``optimizer.state_dict()``) can be loaded into ``optimizer``
+    and stepped: as many parameter groups, of the same sizes, with per-parameter state
+    (momentum, Adam moments) of each parameter's shape; else why not, in a phrase."""
+    saved = state.get("param_groups", [])
+    groups = optimizer.param_groups
+    saved_sizes = [len(g["params"]) for g in saved]
+    sizes = [len(g["params"]) for g in groups]
+    if saved_sizes != sizes:
+        return (
+            f"its optimizer state has {len(saved)} parameter groups of {saved_sizes} parameters, the "
+            f"optimizer {len(groups)} of {sizes}"
+        )
+    # Loading replaces each group's hyperparameters with the saved ones: another optimizer's
+    # (AdamW's into SGD) failed at the first step with KeyError: 'momentum'.
+    needed = [
+        name for name, p in inspect.signature(type(optimizer).__init__).parameters.items()
+        if p.kind is p.POSITIONAL_OR_KEYWORD and name not in ("self", "params") and name in groups[0]
+    ] if groups else []
+    lacking = [k for k in needed if any(k not in g for g in saved)]
+    if lacking:
+        return (
+            f"its optimizer state is of another optimizer: its parameter groups lack {lacking}, which "
+            f"{type(optimizer).__name__} needs"
+        )
+    names = {id(p): n for n, p in getattr(model, "module", model).named_parameters()} if model is not None else {}
+    per_param = state.get("state", {})
+    for index, param in zip((i for g in saved for i in g["params"]), (p for g in groups for p in g["params"])):
+        for key, value in per_param.get(index, {}).items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                return (
+                    f"its optimizer state '{key}' of parameter {names.get(id(param), index)} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}"
+                )
+    return None
 
 
 class NamedErrorMapper:

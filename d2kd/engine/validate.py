@@ -1,4 +1,5 @@
 """Checks of an experiment config made before training starts, each failing with one line."""
+import difflib
 import os
 
 from omegaconf import OmegaConf
@@ -23,6 +24,8 @@ def load_config(config_file: str, opts=()):
             raise ConfigError(f"malformed override '{opt}': write key=value (e.g. train.max_iter=100)")
         key = opt.split("=", 1)[0]
         plain = key.lstrip("+")
+        if not plain.strip():
+            raise ConfigError(f"malformed override '{opt}': no key before '=' (e.g. train.max_iter=100)")
         if OmegaConf.select(cfg, plain.rsplit(".", 1)[0] if "." in plain else plain, default=None) is None and "." in plain:
             raise ConfigError(f"override '{opt}': the config has no section '{key.rsplit('.', 1)[0]}'")
         if not key.startswith("+"):
@@ -59,9 +62,8 @@ def _check_known_key(cfg, opt: str, key: str) -> None:
     """``train.max_iters=10`` would silently add an unused key to a plain section (``train``):
     a typo. Call sections (with ``_target_``) may take new keyword arguments; ``+key=value``
     adds a key on purpose."""
-    import difflib
-
     if "." not in key:
+        _check_top_level_key(cfg, opt, key)
         return
     parent_key, leaf = key.rsplit(".", 1)
     parent = OmegaConf.select(cfg, parent_key, default=None)
@@ -74,6 +76,48 @@ def _check_known_key(cfg, opt: str, key: str) -> None:
     raise ConfigError(
         f"override '{opt}': '{parent_key}' has no key '{leaf}'; {hint}(write +{key}=... to add a new key)"
     )
+
+
+def _check_top_level_key(cfg, opt: str, key: str) -> None:
+    """``output_dir=/tmp/run`` (its section left out) would add a top-level key that nothing
+    reads, and the run would write into the config's own ``train.output_dir``: over another
+    run's checkpoints. Name the keys it most likely meant, searched in every section."""
+    if key in cfg:
+        return
+    paths = _leaf_paths(cfg)
+    meant = paths.get(key) or [p for leaf in difflib.get_close_matches(key, list(paths), n=1) for p in paths[leaf]]
+    # The shortest paths first: train.output_dir before dataloader.evaluator.output_dir.
+    meant = sorted(meant, key=lambda p: (p.count("."), p))[:3]
+    sections = ", ".join(sorted(str(k) for k in cfg.keys()))
+    raise ConfigError(
+        f"override '{opt}': the config has no top-level key '{key}'; did you mean "
+        f"{' or '.join(repr(p) for p in meant)}? (each key is written with its section: {sections})"
+        if meant
+        else f"override '{opt}': the config has no top-level key '{key}': write each key with its "
+        f"section ({sections})"
+    )
+
+
+def _leaf_paths(node, prefix: str = "", out=None) -> dict:
+    """{leaf name: [dotted paths ending in it]} over every dict and list of ``node``."""
+    out = {} if out is None else out
+    if OmegaConf.is_dict(node):
+        items = [(str(k), k) for k in node.keys()]
+    elif OmegaConf.is_list(node):
+        items = [(str(i), i) for i in range(len(node))]
+    else:
+        return out
+    for name, k in items:
+        path = f"{prefix}{name}"
+        if not name.isdigit():
+            out.setdefault(name, []).append(path)
+        try:
+            child = node._get_node(k)  # unresolved: an interpolation is not evaluated here
+        except Exception:
+            continue
+        if OmegaConf.is_config(child):
+            _leaf_paths(child, path + ".", out)
+    return out
 
 
 def _check_type(opt: str, old, new) -> None:
@@ -121,9 +165,21 @@ def validate_config(cfg, args) -> None:
             f"first, e.g. the config its folder is named after, or set train.init_checkpoint=PATH)"
         )
     if not args.eval_only:
+        _check_max_iter(cfg)
         weights = OmegaConf.select(cfg, "model.teacher.weights", default=None)
         if weights is not None and "://" not in weights and not os.path.isfile(weights):
             raise ConfigError(
                 f"model.teacher.weights: teacher weights file not found: {weights} "
                 f"(train the teacher first, or set model.teacher.weights=PATH)"
             )
+
+
+def _check_max_iter(cfg) -> None:
+    """``train.max_iter=0`` ended in a ZeroDivisionError (the LR schedule divides by it) and a
+    negative one trained nothing with exit status 0."""
+    max_iter = OmegaConf.select(cfg, "train.max_iter", default=None)
+    if isinstance(max_iter, (int, float)) and not isinstance(max_iter, bool) and max_iter < 1:
+        raise ConfigError(
+            f"train.max_iter={max_iter}: training needs at least 1 iteration (e.g. train.max_iter=100); "
+            f"to evaluate weights without training, use --eval-only with train.init_checkpoint=PATH"
+        )
