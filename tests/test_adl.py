@@ -1,4 +1,4 @@
-"""ADL (METHODS.md §5.1): values and gradients against hand computations, an independent
+"""ADL (docs/methods.md §5.1): values and gradients against hand computations, an independent
 element-by-element implementation, the reference CUDA backward formula, and gradcheck; the
 distiller inside a RetinaNet distillation model."""
 import math

@@ -247,7 +247,7 @@ def _ref_weight(d, fs, ft, level, c):
 
 
 def _ref_point_losses(d, S, T, instances, canonical):
-    """A loop implementation of METHODS.md §4.2's L_point (fg and bg terms)."""
+    """A loop implementation of docs/methods.md §4.2's L_point (fg and bg terms)."""
     L = len(d.in_features)
     items = []
     for b, box, c in instances:

@@ -1,4 +1,4 @@
-"""Teacher pseudo-labelling (METHODS.md §5.2): COCO json validity, threshold, category ids,
+"""Teacher pseudo-labelling (docs/methods.md §5.2): COCO json validity, threshold, category ids,
 resuming, sharding/merging, reading back, and the command line."""
 import json
 import os

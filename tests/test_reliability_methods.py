@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 #: (config, distiller name, reads the teacher's logits and propagates their infinities; ADL
-#: clamps the teacher's probability to [1e-6, 1-1e-6] (METHODS.md §5.5): +inf logits are finite)
+#: clamps the teacher's probability to [1e-6, 1-1e-6] (docs/methods.md §5.5): +inf logits are finite)
 METHODS = [
     ("retinanet_fitnet", "fitnet", False),
     ("faster_rcnn_softlabel", "softlabel", True),

@@ -1,4 +1,4 @@
-"""Semi-supervised ADL (METHODS.md §5.2): the alternating loader, the labeled ∪ pseudo-labelled
+"""Semi-supervised ADL (docs/methods.md §5.2): the alternating loader, the labeled ∪ pseudo-labelled
 pool, and the shapes SAD config training on CPU with 1 and 2 processes."""
 import json
 import os

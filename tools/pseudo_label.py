@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Annotate images with a trained teacher and write the boxes as a COCO json (METHODS.md §5.2).
+"""Annotate images with a trained teacher and write the boxes as a COCO json (docs/methods.md §5.2).
 
     # shapes: the RetinaNet teacher annotates the 2000 unlabeled shapes images
     python3 tools/pseudo_label.py --config-file configs/shapes/retinanet_teacher.py \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draw FGFI's imitation mask (METHODS.md §2.1) over input images, one PNG per level.
+"""Draw FGFI's imitation mask (docs/methods.md §2.1) over input images, one PNG per level.
 
     python tools/visualize_fgfi_mask.py --config-file configs/shapes/retinanet_fgfi.py \
         --output output/fgfi_masks [--dataset shapes_val] [--num-images 4] [--psi 0.5] \

@@ -1,5 +1,5 @@
 """GKD (ECCV 2022) on COCO: Faster R-CNN R101-FPN 2x teacher -> R50-FPN student, the released
-setting (METHODS.md §4): PGM prototypes (K 10, alpha 10, density sigma 0.1 / quantile 0.4,
+setting (docs/methods.md §4): PGM prototypes (K 10, alpha 10, density sigma 0.1 / quantile 0.4,
 <= 800 images per class, boxes > 30 px) regenerated every epoch (pgm_period=None: one pass over
 the training set, 117k images / 16 = 7330 iterations), RDM: robustness-weighted decoupled
 imitation of P2-P6 (fg 1, bg 4, 3x3 adapters, attenuation 1 - iter/max_iter), weighted soft

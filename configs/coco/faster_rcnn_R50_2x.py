@@ -2,7 +2,7 @@
 
 2x = 24 epochs ~ 180k iterations at 16 images, SGD lr 0.02 (mom 0.9, wd 1e-4), linear warm-up
 500 iterations from 0.001, lr x0.1 at epochs 16 and 22 (120k, 165k); 1333x800, flip 0.5
-(METHODS.md §4.3). ImageNet init: Detectron2's MSRA R-50 (BGR, pixel std 1, stride in 1x1), stem
+(docs/methods.md §4.3). ImageNet init: Detectron2's MSRA R-50 (BGR, pixel std 1, stride in 1x1), stem
 and res2 frozen (mmdet ``frozen_stages=1``), FrozenBN. The mmdet checkpoints of the GKD README
 (R50 38.4, R101 39.8) are not loadable here; this config trains the equivalent baseline."""
 from ..common.data.coco import NUM_CLASSES, dataloader

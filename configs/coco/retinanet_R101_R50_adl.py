@@ -1,4 +1,4 @@
-"""ADL on COCO (METHODS.md §5): RetinaNet R101-FPN teacher -> R50-FPN student, scale 600 (max
+"""ADL on COCO (docs/methods.md §5): RetinaNet R101-FPN teacher -> R50-FPN student, scale 600 (max
 1000), labeled data only (the ablation without unlabeled2017; with it:
 ``retinanet_R101_R50_adl_semi.py``, the released setup).
 

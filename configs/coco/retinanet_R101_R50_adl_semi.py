@@ -1,4 +1,4 @@
-"""SAD on COCO (METHODS.md §5.2), the released R50 setup: ``retinanet_R101_R50_adl.py`` plus a
+"""SAD on COCO (docs/methods.md §5.2), the released R50 setup: ``retinanet_R101_R50_adl.py`` plus a
 second training stream, ``coco_2017_train ∪ unlabeled2017`` with the R101 teacher's boxes
 (scale 600) as GT, alternating 1:1 with the labeled stream in every process (reference
 ``UNLABEL_DATASETS: ('coco_2017_train', 'coco_2017_unlabel_R101_600')``). Both streams: focal +

@@ -1,4 +1,4 @@
-"""ADL on COCO (METHODS.md §5): RetinaNet ResNeXt-101-64x4d-FPN teacher -> R101-FPN student,
+"""ADL on COCO (docs/methods.md §5): RetinaNet ResNeXt-101-64x4d-FPN teacher -> R101-FPN student,
 scale 500 (max 833), labeled data only (with unlabeled2017, the released setup:
 ``retinanet_X101_R101_adl_semi.py``).
 

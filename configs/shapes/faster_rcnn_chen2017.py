@@ -1,4 +1,4 @@
-"""Shapes: Faster R-CNN (FPN) student distilled with Chen et al. 2017 (paper form, METHODS.md
+"""Shapes: Faster R-CNN (FPN) student distilled with Chen et al. 2017 (paper form, docs/methods.md
 §1.1/§1.3): μ 0.5 soft labels (w_bg 1.5) on the sampled RPN anchors ([1−σ(z), σ(z)]) and on the
 ROI logits of the student's sampled proposals (background last), per-box teacher-bounded
 regression (ν 0.5, m 0) on positive anchors and proposals, hint on p2..p6 with 1×1 adapters
@@ -16,7 +16,7 @@ model._target_ = DistillationRCNN
 model.teacher = L(build_teacher)(
     config_file="configs/shapes/faster_rcnn_teacher.py",
     weights="output/shapes/faster_rcnn_teacher/model_final.pth",
-    autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (README: x1.64 here)
+    autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (docs/results.md: x1.64 here)
 )
 model.distillers = [L(Chen2017)(variant="paper", mu=0.5, w_bg=1.5, temperature=1.0, nu=0.5,
                                 margin=0.0, lam=1.0, gamma_hint=0.5,

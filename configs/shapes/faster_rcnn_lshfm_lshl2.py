@@ -16,7 +16,7 @@ model._target_ = DistillationRCNN
 model.teacher = L(build_teacher)(
     config_file="configs/shapes/faster_rcnn_teacher.py",
     weights="output/shapes/faster_rcnn_teacher/model_final.pth",
-    autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (README: x1.64 here)
+    autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (docs/results.md: x1.64 here)
 )
 model.distillers = [L(LSHFM)(mode="lshl2", weight=1.0)]
 train.output_dir = "output/shapes/faster_rcnn_lshfm_lshl2"

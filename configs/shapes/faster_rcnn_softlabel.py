@@ -14,7 +14,7 @@ model._target_ = DistillationRCNN
 model.teacher = L(build_teacher)(
     config_file="configs/shapes/faster_rcnn_teacher.py",
     weights="output/shapes/faster_rcnn_teacher/model_final.pth",
-    autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (README: x1.64 here)
+    autocast_dtype="auto",  # bfloat16 where the CPU computes it natively (docs/results.md: x1.64 here)
 )
 model.distillers = [
     L(FeatureImitation)(in_features=["p2", "p3", "p4", "p5", "p6"], weight=0.1),

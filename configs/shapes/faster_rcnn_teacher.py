@@ -19,7 +19,7 @@ train.checkpointer.period = 500
 train.output_dir = "output/shapes/faster_rcnn_teacher"
 # Trains in bfloat16 where the CPU/GPU computes it natively (d2kd/engine/amp.py): 1.38x faster per
 # step on an AVX512-BF16 CPU, which brings the quick benchmark under 15 minutes; seed 0 reached
-# 30.0 AP so against 30.5 in fp32, and its FGFI students 1.3 AP less (README, Quick mode).
+# 30.0 AP so against 30.5 in fp32, and its FGFI students 1.3 AP less (docs/results.md, Quick mode).
 # train.amp.native_bfloat16=False trains it in fp32. Not train.amp.enabled="auto" (the same under
 # d2kd's train_net.py): Detectron2's tools/lazyconfig_train_net.py reads enabled as a bool and
 # would run its CUDA-only AMPTrainer on a CPU; it trains this config in fp32.

@@ -1,5 +1,5 @@
 """Shapes: the few-labels RetinaNet student (``shapes_train_500``) distilled with the Adaptive
-Distillation Loss (METHODS.md §5.1; released defaults γ=2, α=0.5, β_c=0, θ=1.8, adaptive
+Distillation Loss (docs/methods.md §5.1; released defaults γ=2, α=0.5, β_c=0, θ=1.8, adaptive
 normaliser, T=1, weight 1) from the shapes RetinaNet teacher (trained on all of
 ``shapes_train``). Compare with ``retinanet_student_500.py`` (same labels, no teacher)."""
 from detectron2.config import LazyCall as L

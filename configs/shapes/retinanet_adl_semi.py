@@ -1,4 +1,4 @@
-"""Shapes SAD (METHODS.md §5.2): ADL on ``shapes_train_500`` plus the teacher-annotated
+"""Shapes SAD (docs/methods.md §5.2): ADL on ``shapes_train_500`` plus the teacher-annotated
 ``shapes_unlabeled`` images, two streams alternating 1:1 per step (labeled; labeled ∪
 pseudo-labelled), both with focal + box losses on their (pseudo-)GT and ADL on every
 non-ignored anchor.

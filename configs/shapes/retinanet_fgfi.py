@@ -1,6 +1,6 @@
 """Shapes: RetinaNet student with FGFI near-object imitation on P3-P5 (the head's anchors).
 
-d2kd's FPN extension of FGFI (METHODS.md §2.3): ψ = 0.5 of the max IoU over the anchors of all
+d2kd's FPN extension of FGFI (docs/methods.md §2.3): ψ = 0.5 of the max IoU over the anchors of all
 imitated levels, "+1" IoU, normaliser 2·N_p (mask cells over all levels). Choices at this scale
 (one seed each, 1000 iterations, the 31.6-AP teacher, baseline 4.5 AP):
 - levels P3-P5, not P3-P7: the shapes teacher's P6/P7 (convolutions on P5 without a norm) have

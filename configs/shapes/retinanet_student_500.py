@@ -6,7 +6,7 @@ collapses to ~0 AP, hence 500.
 3000 iterations (3x the 2000-label student's): only then is the student short of labels — at
 1000 iterations 500 labels gave 4.0 AP against 4.7 with 2000 (ADL 4.0, ADL + pseudo-labels 4.3:
 nothing to fix); at 3000, 4.9 ± 0.4 (2 seeds, 2026-12-01) against 10.0 with 2000 (one
-run, README calibration notes). The LR schedule scales with it."""
+run, docs/results.md, calibration notes). The LR schedule scales with it."""
 from ..common.schedule import step_schedule
 from .retinanet_student import dataloader, model, optimizer, train
 

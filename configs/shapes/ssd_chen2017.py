@@ -1,5 +1,5 @@
 """Shapes: SSDLite student distilled from the VGG16-SSD teacher with Chen et al. 2017 as the
-SSD-KD reference computes it (variant "ssd_repo", METHODS.md §1.2):
+SSD-KD reference computes it (variant "ssd_repo", docs/methods.md §1.2):
 L = [0.5·CE_hard + 0.5·L_soft(w_bg 1.5) + SmoothL1 + L_b(batch, ν 0.5, m 0)] / N_pos + 0.5·MSE(z_s, z_t).
 Student, data and schedule: configs/shapes/ssd_student.py; teacher: configs/shapes/ssd_teacher.py
 (train it first)."""

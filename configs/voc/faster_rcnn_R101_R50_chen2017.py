@@ -1,5 +1,5 @@
 """VOC07+12 -> VOC07 test: Faster R-CNN R50-FPN student distilled from R101-FPN with Chen et al.
-2017 (paper form, METHODS.md §1.1/§1.3): soft labels μ 0.5 (w_bg 1.5, T 1) on the sampled RPN
+2017 (paper form, docs/methods.md §1.1/§1.3): soft labels μ 0.5 (w_bg 1.5, T 1) on the sampled RPN
 anchors (2-class [1−σ(z), σ(z)]) and on the ROI logits of the student's 512 sampled
 proposals/image (background last; the teacher's box head runs on the same boxes); per-box
 teacher-bounded regression (ν 0.5, m 0, λ 1) on positive anchors and on positive proposals with

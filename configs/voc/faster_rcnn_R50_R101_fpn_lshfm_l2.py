@@ -1,4 +1,4 @@
-"""VOC07+12: LSHFM (l2), faster rcnn R50 R101 fpn (student @ teacher; METHODS.md §3;
+"""VOC07+12: LSHFM (l2), faster rcnn R50 R101 fpn (student @ teacher; docs/methods.md §3;
 LSHFM README Faster R-CNN R50@R101: student 82.0 -> 83.0, teacher 83.6).
 
 Loss on the box head's fc7 output (D = 1024) of the student's 512 sampled proposals/image, the teacher's box

@@ -1,5 +1,5 @@
 """VOC07+12: Faster R-CNN VGG11 (single level, conv5 stride 16) - FGFI's student baseline
-(59.6 mAP in the FGFI README, METHODS.md §2.5).
+(59.6 mAP in the FGFI README, docs/methods.md §2.5).
 
 Same schedule as the distilled run (configs/voc/faster_rcnn_vgg11_vgg16_fgfi.py) so that the two
 compare: the README's distilled model ("VGG-11-I": 8 GPUs x 2 = batch 16, lr 3e-3, 15 epochs,

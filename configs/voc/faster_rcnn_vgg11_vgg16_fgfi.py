@@ -1,4 +1,4 @@
-"""VOC07+12: FGFI, Faster R-CNN VGG16 -> VGG11 (METHODS.md §2; FGFI README: 59.6 -> 67.6,
+"""VOC07+12: FGFI, Faster R-CNN VGG16 -> VGG11 (docs/methods.md §2; FGFI README: 59.6 -> 67.6,
 teacher 70.1).
 
 Imitation of the teacher's conv5_3 (after ReLU, stride 16) by the student's conv5_2 through a

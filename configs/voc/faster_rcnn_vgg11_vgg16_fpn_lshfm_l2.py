@@ -1,4 +1,4 @@
-"""VOC07+12: LSHFM (l2), faster rcnn vgg11 vgg16 fpn (student @ teacher; METHODS.md §3;
+"""VOC07+12: LSHFM (l2), faster rcnn vgg11 vgg16 fpn (student @ teacher; docs/methods.md §3;
 LSHFM README Faster R-CNN VGG11@VGG16 FPN: student 75.1 -> 76.8, teacher 79.0).
 
 Loss on the box head's fc7 output (D = 1024) of the student's 512 sampled proposals/image, the teacher's box

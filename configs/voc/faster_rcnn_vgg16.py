@@ -1,5 +1,5 @@
 """VOC07+12: Faster R-CNN VGG16 (single level, conv5 stride 16) - FGFI's teacher (70.1 mAP in
-the FGFI README: 1 GPU, batch 1, lr 1e-3, lr x0.1 after epoch 5, 7 epochs; METHODS.md §2.4-2.5).
+the FGFI README: 1 GPU, batch 1, lr 1e-3, lr x0.1 after epoch 5, 7 epochs; docs/methods.md §2.4-2.5).
 
 faster-rcnn.pytorch recipe: 600 px (max 1000) train and test, flip, SGD momentum 0.9, wd 5e-4,
 bias lr x2 without decay, no warm-up; one "epoch" = the flip-doubled 07+12 trainval

@@ -1,6 +1,6 @@
 """VOC07+12: Faster R-CNN VGG16-FPN - LSHFM's teacher (LSHFM README: 79.0 mAP on VOC07 test).
 
-LSHFM recipe (``DoctorKey/LSHFM.detection`` experiments/*.sh, METHODS.md §3.3): VOC07+12
+LSHFM recipe (``DoctorKey/LSHFM.detection`` experiments/*.sh, docs/methods.md §3.3): VOC07+12
 trainval, 8 images (4 GPUs x 2), SGD momentum 0.9, wd 1e-4, lr 0.01, linear warm-up 1000 iterations,
 24 epochs (2069 iterations each) with lr x0.1 at epochs 18 and 22, short side 480..800 step 32
 (max 1333), test at 800; frozen BN statistics; ImageNet-initialised backbone.

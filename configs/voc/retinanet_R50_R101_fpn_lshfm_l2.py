@@ -1,4 +1,4 @@
-"""VOC07+12: LSHFM (l2), retinanet R50 R101 fpn (student @ teacher; METHODS.md §3;
+"""VOC07+12: LSHFM (l2), retinanet R50 R101 fpn (student @ teacher; docs/methods.md §3;
 LSHFM README RetinaNet R50@R101: student 82.5 -> 82.6, teacher 83.0).
 
 Loss on the classification tower output unfolded over 3x3 (D = 256*9 = 2304) at every location

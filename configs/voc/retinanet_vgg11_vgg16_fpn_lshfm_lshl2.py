@@ -1,4 +1,4 @@
-"""VOC07+12: LSHFM (lshl2), retinanet vgg11 vgg16 fpn (student @ teacher; METHODS.md §3;
+"""VOC07+12: LSHFM (lshl2), retinanet vgg11 vgg16 fpn (student @ teacher; docs/methods.md §3;
 LSHFM README RetinaNet VGG11@VGG16 FPN: student 73.2 -> 75.2, teacher 76.6).
 
 Loss on the classification tower output unfolded over 3x3 (D = 256*9 = 2304) at every location

@@ -4,7 +4,7 @@ SSD-KD student, trained WITHOUT a teacher on the distillation recipe (the contro
 
 Recipe of SsisyphusTao/SSD-Knowledge-Distillation ``train.py --teacher_model``: Adam lr 1.25e-4
 (no weight decay), batch 128, 70 epochs at a constant lr, ssd.pytorch augmentation at 300 px,
-RGB, (img − 127)/128 (METHODS.md §1.2). One epoch = ceil(16551 / 128) = 130 iterations.
+RGB, (img − 127)/128 (docs/methods.md §1.2). One epoch = ceil(16551 / 128) = 130 iterations.
 
 Initial weights: pytorch-ssd's ``mb2-ssd-lite-mp-0_686.pth`` (the README's 68.6 student), converted
 once::

@@ -1,6 +1,6 @@
 """VOC07+12 -> VOC07 test: MobileNetV2-SSDLite distilled from the aligned VGG16-SSD300 with
 Chen et al. 2017 exactly as SsisyphusTao/SSD-Knowledge-Distillation computes it (variant
-"ssd_repo", METHODS.md §1.2; README: 68.68 -> 69.99 best / 69.45 released, teacher 77.43 on its
+"ssd_repo", docs/methods.md §1.2; README: 68.68 -> 69.99 best / 69.45 released, teacher 77.43 on its
 original 8732 priors):
 L = [0.5·CE_hard + 0.5·L_soft(w_bg 1.5, T 1) + SmoothL1 + L_b(batch-level, ν 0.5, m 0)] / N_pos
     + 0.5·MSE(z_s, z_t).

@@ -1,4 +1,4 @@
-"""VOC07+12 -> VOC07 test: Chen et al. 2017 in the paper's form on the SSD pair (METHODS.md §1.1):
+"""VOC07+12 -> VOC07 test: Chen et al. 2017 in the paper's form on the SSD pair (docs/methods.md §1.1):
 soft labels μ 0.5 (w_bg 1.5), per-box teacher-bounded regression (ν 0.5, m 0) and the feature
 hint the reference builds but never uses: teacher VGG ``conv4_3`` (ReLU, 512 ch, 38×38) ← 1×1
 adapter (192→512) of the student's MobileNetV2 block-7 expansion ``expand7`` (stride 8), γ 0.5,

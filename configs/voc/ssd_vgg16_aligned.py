@@ -1,6 +1,6 @@
 """VOC07+12 -> VOC07 test: the SSD-KD teacher, VGG16-SSD300 re-headed to the MobileNetV2-SSDLite
 prior layout (``layout="aligned"``: sources fc7, conv6_2 .. conv10_2 at 19, 10, 5, 3, 2, 1,
-6 priors/location, min sizes 60..285, 3000 priors; METHODS.md §1.2), fine-tuned first.
+6 priors/location, min sizes 60..285, 3000 priors; docs/methods.md §1.2), fine-tuned first.
 
 Recipe of SsisyphusTao/SSD-Knowledge-Distillation ``train.py`` without ``--teacher_model``:
 initialised from ssd.pytorch's ``ssd300_mAP_77.43_v2.pth`` without its loc/conf heads (they do not

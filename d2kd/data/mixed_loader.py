@@ -1,4 +1,4 @@
-"""Semi-supervised training data (METHODS.md §5.2): two training streams alternating per step.
+"""Semi-supervised training data (docs/methods.md §5.2): two training streams alternating per step.
 
 The reference (``detectron/lib/roi_data/loader.py``, per GPU) keeps a labeled queue and an
 "unlabel" queue and feeds the GPU from them in turn: even steps labeled, odd steps unlabeled

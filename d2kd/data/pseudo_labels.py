@@ -1,4 +1,4 @@
-"""Teacher pseudo-labels (METHODS.md §5.2): annotate an image set with a trained detector, store
+"""Teacher pseudo-labels (docs/methods.md §5.2): annotate an image set with a trained detector, store
 the boxes as a COCO-format json, and load that json back as a training set.
 
 Workflow (``tools/pseudo_label.py`` is the command line over this module)::

@@ -1,5 +1,5 @@
 """Adaptive Distillation Loss (ADL) of Tang et al., 2019, "Learning Efficient Detector with
-Semi-supervised Adaptive Distillation" (METHODS.md §5), on per-class sigmoid logits of a dense
+Semi-supervised Adaptive Distillation" (docs/methods.md §5), on per-class sigmoid logits of a dense
 head (RetinaNet: every anchor of every FPN level, every class).
 
 Notation (§5.1), element-wise over (image, anchor, class): ``x`` student logit, ``p = σ(x)``,
@@ -43,7 +43,7 @@ from .base import DISTILLER_REGISTRY, Distiller, float32, zero_loss
 
 __all__ = ["ADL", "adl_elementwise", "adaptive_normalizer", "adaptive_distillation_loss"]
 
-#: Clamp of the teacher probability (documented deviation, METHODS.md §5.5).
+#: Clamp of the teacher probability (documented deviation, docs/methods.md §5.5).
 Q_EPS = 1e-6
 
 

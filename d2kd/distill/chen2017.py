@@ -1,5 +1,5 @@
 """Chen et al., NeurIPS 2017, "Learning Efficient Object Detection Models with Knowledge
-Distillation" (METHODS.md §1), on d2kd's SSD and on Detectron2's Faster R-CNN.
+Distillation" (docs/methods.md §1), on d2kd's SSD and on Detectron2's Faster R-CNN.
 
 Three signals added to the student's own detection losses:
 
@@ -11,7 +11,7 @@ Three signals added to the student's own detection losses:
   (``weighted_KL_div``) ``1e-10`` is added to both probabilities: ``−Σ w_c (p_t+ε) log(p_s+ε)``.
   Temperature: both distributions are ``softmax(z/T)`` and nothing is rescaled (no ×T²), as in
   the reference; T > 1 flattens both and shrinks the soft term's gradient by roughly 1/T²
-  against the hard loss (METHODS.md §1.5: the paper uses T = 1).
+  against the hard loss (docs/methods.md §1.5: the paper uses T = 1).
 * teacher-bounded regression ``L_b`` (only active while the student regresses worse than the
   teacher, margin m), weight ν, inside the regression loss ``λ·(L_reg + L_b)``;
 * a hint (L2, weight γ).
@@ -39,8 +39,8 @@ Variants (``variant=``):
     GT-class deltas (normalisers of Detectron2's loss_rpn_loc / loss_box_reg); hint on every
     common backbone level (C4 ``res4`` or FPN ``p2..p6``), the sum of per-level means.
 
-Teacher tensors are detached (the reference does not detach them, METHODS.md §1.5).
-Hyper-parameters (METHODS.md §7): mu 0.5, w_bg 1.5, w_obj 1, T 1, nu 0.5, margin 0, lam 1,
+Teacher tensors are detached (the reference does not detach them, docs/methods.md §1.5).
+Hyper-parameters (docs/methods.md §7): mu 0.5, w_bg 1.5, w_obj 1, T 1, nu 0.5, margin 0, lam 1,
 gamma_hint 0.5.
 """
 from typing import Dict, Optional, Sequence

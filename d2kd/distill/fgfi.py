@@ -1,4 +1,4 @@
-"""FGFI: fine-grained feature imitation near objects (Wang et al., CVPR 2019, METHODS.md §2).
+"""FGFI: fine-grained feature imitation near objects (Wang et al., CVPR 2019, docs/methods.md §2).
 
 Reference: ``twangnh/Distilling-Object-Detectors`` (``lib/model/rpn/anchor_target_layer.py`` for
 the mask, ``trainval_net_sup.py`` for the loss, ``lib/model/faster_rcnn/vgg11.py`` for the

@@ -1,5 +1,5 @@
 """GKD: Tang et al., ECCV 2022, "Distilling Object Detectors with Global Knowledge" — the Robust
-Distilling Module (RDM); METHODS.md §4.2. The prototypes come from the PGM
+Distilling Module (RDM); docs/methods.md §4.2. The prototypes come from the PGM
 (:mod:`d2kd.distill.gkd_prototypes`), which the distiller runs itself from the training forward
 (:meth:`GKD.before_step`), so any trainer that calls ``model(batch)`` gets it.
 

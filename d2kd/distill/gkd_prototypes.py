@@ -1,5 +1,5 @@
 """GKD's Prototype Generation Module (PGM): Tang et al., ECCV 2022, "Distilling Object Detectors
-with Global Knowledge", §3.2 of the paper; METHODS.md §4.1.
+with Global Knowledge", §3.2 of the paper; docs/methods.md §4.1.
 
 Reference: ``hikvision-research/DAVAR-Lab-ML``, ``ECCV22_Distilling_Object_Detectors_with_Global_
 Knowledge``: ``mmdet/strategy/prototype_generation_module.py`` (features, density filter, matching
@@ -93,7 +93,7 @@ def joint_matching_pursuit(
     alpha: float = 10.0,
     return_errors: bool = False,
 ):
-    """Joint matching pursuit over the two spaces (METHODS.md §4.1 step 4).
+    """Joint matching pursuit over the two spaces (docs/methods.md §4.1 step 4).
 
     Residuals ``R^S = X̂^S``, ``R^T = X̂^T`` (D×N). For each candidate k with atoms
     ``a^S_k, a^T_k``: ``u = a^S_kᵀR^S``, ``v = a^T_kᵀR^T``, ``w^S = ((1+α)u + αv)/(1+2α)``,

@@ -1,5 +1,5 @@
 """LSHFM: mimicking the teacher's penultimate features with L2 and LSH (Wang, Ge, Wu, TPAMI 2021;
-METHODS.md §3).
+docs/methods.md §3).
 
 Reference: ``DoctorKey/LSHFM.detection`` (``src/model/KD/L2.py``, ``src/model/KD/LSH.py``,
 ``src/model/faster_rcnn_KD.py``, ``src/model/retinanet_KD.py``, ``src/model/retinanet.py``).

@@ -4,7 +4,7 @@ see datasets/README.md). The evaluator is :class:`d2kd.evaluation.VOCDetectionEv
 Detectron2's ``PascalVOCDetectionEvaluator`` plus per-class AP50 (``AP50-<class>``, a logged table
 and ``inference/voc_per_class_ap.json``).
 
-``dataloader`` is LSHFM's recipe (METHODS.md §3.3; torchvision references): multi-scale training,
+``dataloader`` is LSHFM's recipe (docs/methods.md §3.3; torchvision references): multi-scale training,
 short side sampled from 480..800 step 32, max 1333, flip 0.5, 8 images (4 GPUs x 2); test at
 800/1333 (torchvision's transform uses ``min_size[-1]`` at test time).
 :func:`voc_dataloader` builds other scales, e.g. FGFI's single 600 px scale with max 1000.

@@ -1,5 +1,5 @@
 """Faster R-CNN on a single-level VGG (stride-16 ``conv5``), the FGFI reference's detector
-(``twangnh/Distilling-Object-Detectors``, built on jwyang's faster-rcnn.pytorch; METHODS.md §2).
+(``twangnh/Distilling-Object-Detectors``, built on jwyang's faster-rcnn.pytorch; docs/methods.md §2).
 
 - Backbone: :class:`d2kd.modeling.backbone.VGG` ``conv5`` (conv5_3 / conv5_2 after ReLU, before
   the last max-pool), shared by the RPN and the ROI pooling. FGFI's VGG11 student freezes

@@ -1,5 +1,5 @@
 """Faster R-CNN on a VGG-FPN, LSHFM's ``fasterrcnn_vgg{11,16}fpn`` (``DoctorKey/LSHFM.detection``,
-``src/model/vgg_fpn.py`` + torchvision's FasterRCNN defaults; METHODS.md §3).
+``src/model/vgg_fpn.py`` + torchvision's FasterRCNN defaults; docs/methods.md §3).
 
 - Backbone: FPN (256 ch) over the *pooled* VGG stage outputs ``pool2..pool5`` (strides 4..32)
   -> p2..p5, + max-pooled p6; VGG stages 1-2 frozen (``freeze_at=2``), plain VGG (no BN).

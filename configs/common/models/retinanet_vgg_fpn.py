@@ -1,5 +1,5 @@
 """RetinaNet on a VGG-FPN, LSHFM's ``retinanet_vgg{11,16}fpn`` (``DoctorKey/LSHFM.detection``,
-``src/model/retinanet_vgg.py`` + torchvision's RetinaNet defaults; METHODS.md §3).
+``src/model/retinanet_vgg.py`` + torchvision's RetinaNet defaults; docs/methods.md §3).
 
 - Backbone: FPN (256 ch) over ``pool3..pool5`` (strides 8..32) -> p3..p5, P6/P7 from P5
   (torchvision's ``LastLevelP6P7(256, 256)``); VGG stages 1-2 frozen, plain VGG.

@@ -1,6 +1,6 @@
 """Lazy SSD models (d2kd ``SSD``) and the square-input loaders they need.
 
-Models (all with the SSD-KD reference's input: RGB, ``(img − 127) / 128``, METHODS.md §1.2):
+Models (all with the SSD-KD reference's input: RGB, ``(img − 127) / 128``, docs/methods.md §1.2):
 
 * :func:`vgg16_ssd300` ``layout="classic"``: ssd.pytorch SSD300 (sources conv4_3_norm .. conv9_2,
   38..1 at 300 px, 8732 priors); ``layout="aligned"``: the SSD-KD teacher re-headed to the

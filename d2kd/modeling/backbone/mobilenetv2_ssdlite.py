@@ -13,7 +13,7 @@ Features (names usable in ``out_features``; strides nominal at 300 px):
 name       ch      stride 300px what
 ========== ======= ====== ===== ==================================================================
 expand7    192     8      38    expansion (pw+BN+ReLU6) output of features[7] -- the student hint
-                                layer of Chen et al. in the SSD-KD repo (METHODS.md §1.2)
+                                layer of Chen et al. in the SSD-KD repo (docs/methods.md §1.2)
 expand14   576     16     19    expansion output of features[14] (SSD source 0, GraphPath(14,'conv',3))
 last       1280    32     10    output of features[18] (SSD source 1)
 extra0..3  512,256 64,100 5,3,  extras: InvertedResidual stride 2 with expand ratios 0.2, 0.25,

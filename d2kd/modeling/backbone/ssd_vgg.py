@@ -20,7 +20,7 @@ Module names follow the original Caffe SSD (``conv1_1`` ... ``conv5_3``, ``fc6``
 (``vgg.{i}``, ``L2Norm``, ``extras.{i}``, ``loc.{i}``, ``conf.{i}``) to these names.
 
 Besides the SSD sources the backbone can also return ``conv4_3`` (ReLU output, *before*
-L2Norm, 512 ch, stride 8): the teacher hint layer of Chen et al. (METHODS.md §1.2). Ask for it
+L2Norm, 512 ch, stride 8): the teacher hint layer of Chen et al. (docs/methods.md §1.2). Ask for it
 through ``out_features``.
 
 ``width_mult`` scales every channel count (1.0 = VGG16). It is a knob for CPU tests and toy

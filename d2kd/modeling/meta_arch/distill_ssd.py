@@ -1,6 +1,6 @@
 """``DistillationSSD``: a d2kd ``SSD`` student taught by a frozen SSD teacher.
 
-The SSD-KD reference (METHODS.md §1.2) distils per prior: the teacher (VGG16-SSD300 re-headed to
+The SSD-KD reference (docs/methods.md §1.2) distils per prior: the teacher (VGG16-SSD300 re-headed to
 the student's 3000-prior layout, ``VGG16SSD(layout="aligned")``) and the student
 (MobileNetV2-SSDLite) predict on the *same* priors, so their logits/deltas are compared row by
 row. This file provides

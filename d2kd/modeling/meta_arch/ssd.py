@@ -1,5 +1,5 @@
 """SSD (Liu et al. 2016) as a Detectron2 meta-architecture, following amdegroot/ssd.pytorch and
-qfgaohao/pytorch-ssd (the two code bases of the SSD-KD reference repo, METHODS.md §1.2).
+qfgaohao/pytorch-ssd (the two code bases of the SSD-KD reference repo, docs/methods.md §1.2).
 
 Conventions (read this before touching the tensors)
 ----------------------------------------------------
