@@ -77,10 +77,12 @@ def test_writes_results_md_json_and_plots(bench):
     assert row, md
     assert "wall-clock of fitnet" in md and "## Distillation overhead" in md
     assert "## Peak memory" in md and "## Targets" in md
-    # PNGs open and are not empty
+    # PNGs open and are not empty; one evaluation per run draws no AP curve, and the report says so
     from PIL import Image
 
-    assert sorted(res["plots"]) == ["ap_curves.png", "ap_per_method.png", "loss_curves.png"]
+    assert sorted(res["plots"]) == ["ap_per_method.png", "loss_curves.png"]
+    assert not (out / "ap_curves.png").exists()
+    assert "No `ap_curves.png`: each run was evaluated once, at its end: no AP curve to draw" in md
     for name in res["plots"]:
         path = out / name
         assert path.stat().st_size > 1000
@@ -88,6 +90,14 @@ def test_writes_results_md_json_and_plots(bench):
             assert im.size[0] > 100 and im.size[1] > 100
     # progress with an ETA after each job
     assert re.search(r"\[benchmark\] \d+/\d+ jobs \| elapsed \d+:\d\d \| ETA", first.stdout)
+    # the time estimate, before the first job starts, from a probe of the configs it trains
+    est = re.search(r"^\[benchmark\] time estimate: about .*; this CPU (computes bfloat16 natively|has no native "
+                    r"bfloat16).*: the teacher trains in float32\n\[benchmark\]   from a \d+ s probe: seconds per "
+                    r"training step retinanet_teacher [0-9.]+ s \(float32\), retinanet_student [0-9.]+ s, "
+                    r"retinanet_fitnet [0-9.]+ s; \d+ s to start a job", first.stdout, re.M)
+    assert est and first.stdout.index(est.group(0)) < first.stdout.index("[benchmark] start "), first.stdout[:3000]
+    assert res["settings"]["estimate"]["seconds"] > 0
+    assert re.search(r"^Started .*, took \d+:\d\d \(estimated at the start: \d+:\d\d; this CPU ", md, re.M), md[:1000]
 
 
 def test_overhead_measured_on_fixed_batches(bench):
@@ -181,11 +191,15 @@ def test_visualize_predictions_from_benchmark(bench):
     paths = visualize_predictions.main(["--from-benchmark", str(tmp / "bench"), "--num", "1", "--score-thresh", "0.0",
                                         "--output", str(tmp / "vis")])
     assert len(paths) == 1
+    # each student panel says which seed's run it draws
+    models, _ = visualize_predictions.from_benchmark(str(tmp / "bench"), None, None)
+    assert [m[0] for m in models] == ["teacher", "baseline, seed 0", "fitnet, seed 0"]
     from PIL import Image
 
     with Image.open(paths[0]) as im:
-        # GT + teacher + baseline + fitnet panels side by side (no FGFI mask: FitNet ran)
-        assert im.size[0] > 3 * im.size[1]
+        # GT + teacher + baseline + fitnet panels side by side (no FGFI mask: FitNet ran): 4 x 3.2 in
+        # wide, 4.3 in high with the title and the legend
+        assert 2.5 * im.size[1] < im.size[0] < 3.5 * im.size[1]
 
 
 def test_registry_skips_missing_configs_and_discovers_new_ones(tmp_path):
@@ -282,7 +296,9 @@ def test_faster_rcnn_finetune_rows_differ_from_scratch_only_in_the_start(method)
 
     def plain(cfg):
         d = LazyConfig.to_py(cfg)  # the whole config as source text, nested calls included
-        return re.sub(r"train\.(init_checkpoint|output_dir) = .*\n", "", d)
+        d = re.sub(r"train\.(init_checkpoint|output_dir) = .*\n", "", d)
+        # the evaluator writes into <train.output_dir>/inference (configs/common/data/shapes.py)
+        return re.sub(r'output_dir="[^"]*/inference"', 'output_dir="<train.output_dir>/inference"', d)
 
     start = "output/shapes/faster_rcnn_student/model_final.pth"
     for tuned, scratch in ((f"faster_rcnn_{method}_finetune", f"faster_rcnn_{method}"),

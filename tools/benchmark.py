@@ -22,14 +22,19 @@ Steps (each a subprocess, ``--jobs`` at a time, failures isolated and reported):
 The experiment table is :mod:`d2kd.benchmark.registry` (plus every ``configs/shapes/<detector>_
 <method>.py`` found); rows whose config does not exist yet are skipped with a note.
 Re-running with the same ``--output`` reuses finished runs (same command line) unless ``--rerun``.
+Every training run saves a checkpoint each tenth of its iterations: a call that was stopped
+(SIGTERM, Ctrl-C, a crash) and is run again resumes its teacher and unfinished runs from their
+last checkpoint (:mod:`d2kd.benchmark.resume`); a run that cannot resume starts from a clean folder.
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import math
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from typing import Dict, List, Optional
@@ -51,12 +56,16 @@ from d2kd.benchmark.results import (  # noqa: E402
     trained_iters,
     write_json,
 )
-from d2kd.benchmark.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd  # noqa: E402
+from d2kd.benchmark.estimate import bfloat16_note, fmt_minutes, job_seconds, makespan, probe, quiet_logs  # noqa: E402
+from d2kd.benchmark.resume import checkpoint_overrides, remove_periodic_checkpoints, resume_point  # noqa: E402
+from d2kd.benchmark.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd, reusable  # noqa: E402
 
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 #: Relative cost of one iteration (student iteration = 1) for the ETA before anything is measured.
 COST_GUESS = {"baseline": 1.0, "distilled": 2.5, "wallclock": 2.5, "teacher": 7.0}
 EVAL_COST = 40.0  # one evaluation of a student on shapes_val, in student iterations
+#: Jobs that are ``train_net.py`` training runs (checkpointed, resumable).
+TRAINING_KINDS = ("teacher", "init", "baseline", "distilled", "wallclock")
 
 QUICK = dict(detectors=list(registry.QUICK_DETECTORS), methods=list(registry.QUICK_METHODS), seeds=[0, 1],
              iters=None, evals=1)
@@ -97,6 +106,8 @@ def parse_args(argv=None):
                     help="run only the baseline students (they need no teacher: start them while it trains); "
                          "a later full call reuses them")
     ap.add_argument("--heartbeat", type=float, default=60.0, help="seconds between progress lines during runs")
+    ap.add_argument("--no-estimate", action="store_true",
+                    help="skip the time estimate at the start (a probe of a few training steps per config)")
     args = ap.parse_args(argv)
     preset = QUICK if args.quick else FULL
     args.mode = "quick" if args.quick else "full"
@@ -141,9 +152,10 @@ def train_cmd(config: str, overrides: List[str]) -> List[str]:
 def train_once_cmd(config: str, out_dir: str, iters: int, extra: List[str]) -> List[str]:
     """A model trained once into ``out_dir`` and reused by later calls (a teacher, a student's
     starting checkpoint): seed 0 (the configs' ``train.seed = -1`` draws a new seed per run, and
-    two trainings of the RetinaNet teacher reached 31.6 and 36.7 AP), only the final checkpoint,
-    one evaluation at the end; ``extra`` (e.g. ``--teacher-set``) may override any of it."""
-    return train_cmd(config, ["train.seed=0", f"train.output_dir={out_dir}", "train.checkpointer.period=1000000000",
+    two trainings of the RetinaNet teacher reached 31.6 and 36.7 AP), a checkpoint every tenth of
+    the run to resume from if the call is stopped, one evaluation at the end; ``extra`` (e.g.
+    ``--teacher-set``) may override any of it."""
+    return train_cmd(config, ["train.seed=0", f"train.output_dir={out_dir}", *checkpoint_overrides(iters),
                               f"train.eval_period={iters}", *extra])
 
 
@@ -153,7 +165,7 @@ def run_overrides(out_dir: str, seed: int, iters: int, evals: int, args) -> List
         f"train.output_dir={out_dir}",
         f"train.max_iter={iters}",
         f"train.eval_period={max(1, math.ceil(iters / max(evals, 1)))}",
-        "train.checkpointer.period=1000000000",
+        *checkpoint_overrides(iters),
         *args.set,
         *args.student_set,
     ]
@@ -174,9 +186,14 @@ class Plan:
         if not self.args.rerun and job.kind in ("baseline", "distilled", "wallclock", "overhead", "memory", "cost"):
             # Reused when it exists and records the same command line (see Scheduler._start).
             job.done_file = os.path.join(job.out_dir, "benchmark_done.json")
+        if job.kind in TRAINING_KINDS:
+            # stopped and started again: resumes its own unfinished run (--rerun: the students start afresh)
+            job.resume = job.kind in ("teacher", "init") or not self.args.rerun
         orig = job.on_done
 
         def mark_done(j, orig=orig):
+            if j.status == "done" and j.kind in TRAINING_KINDS:
+                remove_periodic_checkpoints(j.out_dir)  # model_final.pth stays
             if j.status == "done" and j.kind not in ("teacher", "init"):
                 with open(os.path.join(j.out_dir, "benchmark_done.json"), "w") as f:
                     json.dump({"argv": j.argv, "seconds": j.seconds, "inputs": input_stamps(j.inputs)}, f)
@@ -213,7 +230,7 @@ class Plan:
                                            "--output", os.path.join(out_dir, "cost.json"), "--iters", str(a.cost_runs),
                                            "--threads", str(a.threads), *[o for o in a.set if o.startswith("model.")]),
                 out_dir, weight=60))
-            self.cost_job.meta["configs"] = configs
+            self.cost_job.meta.update(configs=configs, runs=a.cost_runs)
 
     def _teacher_jobs(self, tconf, tweights, topts):
         a = self.args
@@ -247,7 +264,8 @@ class Plan:
             job = self.add(Job(
                 f"teacher:{tname}", "teacher",
                 train_once_cmd(tconf, tdir, info["iters"], [*a.set, *a.teacher_set]),
-                tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3, meta={"iters": info["iters"]},
+                tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3,
+                meta={"iters": info["iters"], "config": tconf, "evals": 1},
                 on_done=None if topts else (lambda job: save_eval(job, "the training run's final evaluation"))))
             info["train_job"] = job.name
             if not topts:
@@ -263,7 +281,8 @@ class Plan:
                 cached = None
         if cached is None:
             self.add(Job(f"teacher_eval:{tname}", "teacher_eval", argv, eval_dir,
-                         deps=[info["train_job"]] if info["train_job"] else [], weight=EVAL_COST * 3, on_done=save_eval))
+                         deps=[info["train_job"]] if info["train_job"] else [], weight=EVAL_COST * 3, on_done=save_eval,
+                         meta={"config": tconf}))
         return info
 
     def _inputs(self, config: str, tweights: Optional[str] = None) -> List[str]:
@@ -297,7 +316,7 @@ class Plan:
             job = self.add(Job(
                 f"init:{os.path.basename(tdir)}", "init",
                 train_once_cmd(source, tdir, iters, list(a.set)),
-                tdir, weight=COST_GUESS["baseline"] * iters + EVAL_COST, meta={"iters": iters}))
+                tdir, weight=COST_GUESS["baseline"] * iters + EVAL_COST, meta={"iters": iters, "config": source, "evals": 1}))
             deps = [job.name]
         else:
             raise FileNotFoundError(
@@ -315,7 +334,8 @@ class Plan:
             out_dir = os.path.join(self.out, "runs", det, "baseline" if bname == "default" else f"baseline_{bname}", f"seed{s}")
             job = self.add(Job(f"baseline:{det}:{bname}:s{s}", "baseline",
                                train_cmd(config, run_overrides(out_dir, s, iters, a.evals, a)), out_dir,
-                               deps=init_deps, weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals, meta={"iters": iters},
+                               deps=init_deps, weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals,
+                               meta={"iters": iters, "config": config, "evals": a.evals},
                                inputs=self._inputs(config)))
             runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         return {"config": config, "iters": iters, "runs": runs}
@@ -341,6 +361,7 @@ class Plan:
                                 f"model.teacher.weights={tweights}", *a.set, *a.student_set,
                                 f"train.max_iter={iters}"),  # the run's length: the share of first image loads
                      oh_dir, deps=kd_deps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30,
+                     meta={"config": exp.config, "baseline": exp.baseline, "steps": a.overhead_iters + a.overhead_warmup},
                      inputs=self._inputs(exp.config, tweights)))
         exp.runs, exp.wall_runs = [], []
         for s in a.seeds:
@@ -348,20 +369,24 @@ class Plan:
             job = self.add(Job(f"kd:{det}:{m}:s{s}", "distilled",
                                train_cmd(exp.config, run_overrides(out_dir, s, iters, a.evals, a) + kd_extra), out_dir,
                                deps=kd_deps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
-                               meta={"iters": iters}, inputs=self._inputs(exp.config, tweights)))
+                               meta={"iters": iters, "config": exp.config, "evals": a.evals},
+                               inputs=self._inputs(exp.config, tweights)))
             exp.runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         if not a.no_wallclock:
             for s in a.seeds:
                 out_dir = os.path.join(self.out, "runs", det, f"baseline_wallclock_{m}", f"seed{s}")
 
-                def cmd(out_dir=out_dir, s=s, oh_file=oh_file, iters=iters, exp=exp):
+                meta = {"config": exp.baseline, "kd_config": exp.config, "base_iters": iters, "evals": a.evals}
+
+                def cmd(out_dir=out_dir, s=s, oh_file=oh_file, iters=iters, exp=exp, meta=meta):
                     with open(oh_file) as f:
                         ratio = json.load(f)["step_ratio"]
                     n = max(1, int(round(iters * ratio)))
+                    meta["iters"] = n  # for the progress lines
                     return train_cmd(exp.baseline, run_overrides(out_dir, s, n, a.evals, a))
 
                 job = self.add(Job(f"wall:{det}:{m}:s{s}", "wallclock", cmd, out_dir, deps=[f"overhead:{det}:{m}"],
-                                   weight=COST_GUESS["wallclock"] * iters + EVAL_COST * a.evals, meta={},
+                                   weight=COST_GUESS["wallclock"] * iters + EVAL_COST * a.evals, meta=meta,
                                    inputs=self._inputs(exp.baseline)))
                 exp.wall_runs.append({"seed": s, "job": job.name, "out_dir": out_dir})
         if not a.no_memory:
@@ -377,7 +402,8 @@ class Plan:
                                         *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
                                         *a.set, *a.student_set),
                              out_dir, deps=kd_deps if kind == "kd" else self._init_jobs(cfg_file), weight=40,
-                             meta={"config": cfg_file}, inputs=self._inputs(cfg_file, tweights if kind == "kd" else None)))
+                             meta={"config": cfg_file, "steps": a.memory_iters},
+                             inputs=self._inputs(cfg_file, tweights if kind == "kd" else None)))
 
     def _pseudo_label_jobs(self, exp, tconf, tweights, tdeps) -> List[str]:
         """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, METHODS.md
@@ -401,7 +427,7 @@ class Plan:
                              python_cmd(os.path.join(REPO, "tools", "pseudo_label.py"), "--config-file", tconf,
                                         "--weights", tweights, "--source", source, "--output", path, "--force"),
                              os.path.join(self.out, "pseudo_labels", _name(os.path.basename(path))),
-                             deps=tdeps, weight=EVAL_COST * 10))
+                             deps=tdeps, weight=EVAL_COST * 10, meta={"config": tconf}))
             names.append(name)
         return names
 
@@ -571,6 +597,75 @@ def teacher_checks(res: Dict, plan: Plan) -> Dict:
     return {"lines": lines}
 
 
+# ---- the time estimate ---------------------------------------------------------------------------
+def time_estimate(plan: Plan) -> Optional[Dict]:
+    """Probe the configs the call's jobs train (a few steps each, see
+    :mod:`d2kd.benchmark.estimate`) and lay the jobs out as the Scheduler will: the call's
+    expected wall-clock on this machine, printed before anything starts."""
+    a = plan.args
+    work = []  # (job, meta for the estimate)
+    for job in plan.jobs:
+        try:
+            argv = job.cmd() if callable(job.cmd) else job.cmd
+        except Exception:  # built from a measurement this call makes first: not reusable
+            argv = None
+        meta = dict(job.meta)
+        if argv is not None and reusable(job, argv):
+            continue
+        if argv is not None and job.resume and meta.get("iters"):
+            meta["resumed_at"] = resume_point(job.out_dir, argv, input_stamps(job.inputs))
+        work.append((job, meta))
+    needed = set()
+    for _, meta in work:
+        needed.update(c for c in (meta.get("config"), meta.get("kd_config"), meta.get("baseline")) if c)
+        needed.update(meta.get("configs") or [])
+    teachers = {info["config"]: ([*a.set, *a.teacher_set], w, info["config"] in needed) for w, info in plan.teachers.items()}
+    students, distilled = {}, {}
+    for d in plan.detectors.values():
+        for exp in d["experiments"]:
+            if exp.config in needed:
+                distilled[exp.config] = ([*a.set, *a.student_set], exp.teacher[0], exp.baseline)
+                students[exp.baseline] = [*a.set, *a.student_set]
+        for b in d["baselines"].values():
+            if b["config"] in needed:
+                students[b["config"]] = [*a.set, *a.student_set]
+    for job, meta in work:
+        if job.kind == "init":
+            students[meta["config"]] = list(a.set)
+    if not work:
+        log("[benchmark] time estimate: nothing to run (every job is reused)")
+        return {"seconds": 0.0}
+    with quiet_logs():
+        p = probe(teachers, students, distilled, threads=a.threads, load=_load_for_probe)
+    steps = p.steps
+    seconds = {job.name: job_seconds(job.kind, meta, steps, startup_s=p.startup_s) for job, meta in work}
+    total = makespan([(j.name, seconds.get(j.name, 0.0), j.deps) for j in plan.jobs], a.jobs)
+    tdtypes = [steps[c].dtype for c in teachers if c in steps]
+    parts = [f"{os.path.splitext(os.path.basename(c))[0]} {t.train_s:.2f} s"
+             + (f" ({t.dtype})" if c in teachers else "") + ("" if t.probed else " (not probed: priced at the others' ratio)")
+             for c, t in steps.items()]
+    longest = max(((seconds[j.name], j.name) for j, _ in work), default=(0.0, ""))
+    log(f"[benchmark] time estimate: about {fmt_minutes(total)} on this machine ({a.jobs} job(s) in parallel, "
+        f"{a.threads} thread(s) each; the longest job, {longest[1]}, ~{fmt_minutes(longest[0])}); {bfloat16_note(tdtypes)}")
+    log(f"[benchmark]   from a {p.seconds:.0f} s probe: seconds per training step {', '.join(parts)}; "
+        f"{p.startup_s:.0f} s to start a job. It assumes nothing else runs here (load average now {_load_avg()}); "
+        "--no-estimate skips the probe.")
+    return {"seconds": total, "probe_s": p.seconds, "startup_s": p.startup_s, "jobs_s": seconds, "bfloat16": bfloat16_note(tdtypes),
+            "steps": {c: dataclasses.asdict(t) for c, t in steps.items()}}
+
+
+def _load_for_probe(config: str, overrides: List[str]):
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.load(os.path.join(REPO, config) if not os.path.isabs(config) else config)
+    return LazyConfig.apply_overrides(cfg, [o for o in overrides if _applies(cfg, o)])
+
+
+def _applies(cfg, override: str) -> bool:
+    """``model.teacher.*`` overrides only reach configs with a teacher."""
+    return not override.startswith(("model.teacher.", "model.distillers")) or "teacher" in cfg.model
+
+
 def machine() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -610,6 +705,15 @@ def main(argv=None) -> Dict:
             cmd = "<built after its dependencies>" if callable(j.cmd) else " ".join(shlex.quote(x) for x in j.cmd)
             log(f"  {j.name}  deps={j.deps}\n      {cmd}")
         return {}
+    # Stopped (SIGTERM, e.g. by `timeout` or a batch system): the Scheduler stops its running
+    # jobs on the way out, so none goes on writing into a folder the next call resumes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    estimate = None
+    if not args.no_estimate:
+        try:
+            estimate = time_estimate(plan)
+        except Exception as e:  # an estimate must not stop the benchmark
+            log(f"[benchmark] no time estimate: the probe failed ({type(e).__name__}: {e})")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
@@ -627,7 +731,7 @@ def main(argv=None) -> Dict:
         "mode": args.mode, "command": "python tools/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
         "machine": machine(), "started": started, "wall_clock": fmt_s(wall), "wall_clock_s": wall,
         "n_parallel": args.jobs, "threads": args.threads, "seeds": args.seeds, "evals_per_run": args.evals,
-        "load_start": load_start, "load_end": _load_avg(),
+        "load_start": load_start, "load_end": _load_avg(), "estimate": estimate,
         "val_set": _val_set(plan), "overrides": {"all": args.set, "students": args.student_set, "teacher": args.teacher_set},
     }
     try:

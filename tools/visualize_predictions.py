@@ -9,10 +9,12 @@
                  fgfi=configs/shapes/retinanet_fgfi.py:output/shapes/retinanet_fgfi/model_final.pth
 
 For each of the first ``--num`` images of ``--dataset`` it writes ``<output>/pred_<image>.png``:
-ground truth, then each model's detections above ``--score-thresh`` (Detectron2 ``Visualizer``),
-then, for every model whose config has an FGFI distiller, the FGFI imitation mask of that image
-(``compute_masks`` of tools/visualize_fgfi_mask.py with the config's ψ: the finest level, and the
-union of every level's cells; red = imitated, yellow = GT boxes).
+ground truth, then each model's detections above ``--score-thresh`` (Detectron2 ``Visualizer``;
+a box's colour is its class, as the legend under the panels says, its label the class and
+score), then, for every model whose config has an FGFI distiller, the FGFI imitation mask of that
+image (``compute_masks`` of tools/visualize_fgfi_mask.py with the config's ψ: the finest level,
+and the union of every level's cells; red = imitated, yellow = GT boxes). From a benchmark, each
+student panel names the seed of the run it draws (``--seed``, default the first seed that ran).
 """
 import argparse
 import json
@@ -107,12 +109,48 @@ def union_mask(level_masks: Dict, height: int, width: int) -> np.ndarray:
     return out
 
 
-def draw_predictions(img_rgb, instances, meta, scale: float, thresh: float):
+def class_color(meta, class_id: int):
+    """The class's colour (0-1 RGB): the dataset's ``thing_colors``, else a fixed palette."""
+    colors = meta.get("thing_colors", None)
+    if colors:
+        return tuple(c / 255.0 for c in colors[class_id % len(colors)])
+    import matplotlib
+
+    return tuple(matplotlib.colormaps["tab10"](class_id % 10)[:3])
+
+
+def draw_boxes(img_rgb, boxes, classes, scores, meta, scale: float):
+    """Boxes in their class's colour, labelled with the class (and the score, if given)."""
     from detectron2.utils.visualizer import Visualizer
 
+    names = meta.get("thing_classes", None) or []
+    labels = [(names[c] if c < len(names) else str(c)) + (f" {100 * s:.0f}%" if s is not None else "")
+              for c, s in zip(classes, scores if scores is not None else [None] * len(classes))]
+    vis = Visualizer(img_rgb, metadata=meta, scale=scale)
+    for box, label, c in zip(np.asarray(boxes).reshape(-1, 4), labels, classes):
+        color = class_color(meta, c)
+        # opaque edges: Visualizer's default half-transparent ones take the background's hue
+        vis.draw_box(box, alpha=1.0, edge_color=color)
+        # inside the box's top-left corner (Visualizer's text hangs down from its position)
+        vis.draw_text(label, (box[0], box[1]), color=color, horizontal_alignment="left",
+                      font_size=0.8 * vis._default_font_size)
+    return vis.get_output().get_image()
+
+
+def draw_predictions(img_rgb, instances, meta, scale: float, thresh: float):
     inst = instances.to("cpu")
     inst = inst[inst.scores >= thresh]
-    return Visualizer(img_rgb, metadata=meta, scale=scale).draw_instance_predictions(inst).get_image()
+    return draw_boxes(img_rgb, inst.pred_boxes.tensor.numpy(), inst.pred_classes.tolist(), inst.scores.tolist(),
+                      meta, scale)
+
+
+def legend_entries(meta, class_ids, with_mask: bool) -> List[Tuple[str, tuple]]:
+    """``[(label, colour)]`` for the figure's legend: each class drawn, then the mask colours."""
+    names = meta.get("thing_classes", None) or []
+    out = [(names[c] if c < len(names) else str(c), class_color(meta, c)) for c in sorted(set(class_ids))]
+    if with_mask:
+        out += [("FGFI: imitated cells", (1.0, 40 / 255, 40 / 255)), ("FGFI panels: ground-truth box", (1.0, 1.0, 0.0))]
+    return out
 
 
 def draw_mask(img_rgb, mask, gt_boxes, scale: float):
@@ -141,15 +179,16 @@ def from_benchmark(folder: str, seed: Optional[int], detector: Optional[str]) ->
         ok = [r for r in ok if seed is None or r["seed"] == seed] or ok
         return ok[0] if ok else None
 
+    # each student is named with the seed of the run drawn (the asked one, else the first that ran)
     for bname, b in d["baselines"].items():
         r = pick(b["runs"])
         if r:
-            models.append(("baseline" if bname == "default" else f"baseline_{bname}", b["config"],
+            models.append((f"{'baseline' if bname == 'default' else f'baseline_{bname}'}, seed {r['seed']}", b["config"],
                            os.path.join(r["out_dir"], "model_final.pth")))
     for m, mr in d["methods"].items():
         r = pick(mr["runs"])
         if r:
-            models.append((m, mr["config"], os.path.join(r["out_dir"], "model_final.pth")))
+            models.append((f"{m}, seed {r['seed']}", mr["config"], os.path.join(r["out_dir"], "model_final.pth")))
     val = res.get("settings", {}).get("val_set") or "shapes_val"
     return models, val
 
@@ -160,7 +199,9 @@ def main(argv=None) -> List[str]:
     p.add_argument("--models", nargs="*", default=[], metavar="NAME=CONFIG:WEIGHTS")
     p.add_argument("--from-benchmark", metavar="FOLDER", help="take the models from FOLDER/results.json")
     p.add_argument("--detector", help="with --from-benchmark: which detector (default: the first)")
-    p.add_argument("--seed", type=int, default=None, help="with --from-benchmark: which seed's runs")
+    p.add_argument("--seed", type=int, default=None,
+                   help="with --from-benchmark: which seed's runs (default: each method's first run; "
+                        "the panel titles say which)")
     p.add_argument("--dataset", default=None, help="default shapes_val (or the benchmark's validation set)")
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--start", type=int, default=0)
@@ -210,14 +251,15 @@ def main(argv=None) -> List[str]:
         from detectron2.structures import BoxMode
 
         gt = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d.get("annotations", [])]
-        from detectron2.utils.visualizer import Visualizer
-
-        panels = [("ground truth", Visualizer(rgb, metadata=meta, scale=args.scale).draw_dataset_dict(d).get_image())]
+        gt_classes = [a["category_id"] for a in d.get("annotations", [])]
+        panels = [("ground truth", draw_boxes(rgb, gt, gt_classes, None, meta, args.scale))]
+        drawn = list(gt_classes)
         for name, model, spec in loaded:
             with torch.no_grad():
                 inst = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])[0]["instances"]
             n = int((inst.scores >= args.score_thresh).sum())
-            panels.append((f"{name} ({n} ≥ {args.score_thresh})",
+            drawn += inst.pred_classes[inst.scores >= args.score_thresh].tolist()
+            panels.append((f"{name}\n{n} detection(s) with score ≥ {args.score_thresh}",
                            draw_predictions(rgb, inst, meta, args.scale, args.score_thresh)))
         for name, model, spec in loaded:
             if spec is not None:
@@ -228,13 +270,21 @@ def main(argv=None) -> List[str]:
                                       (f"FGFI mask, all levels ({counts})", per_level)):
                     mask = union_mask(levels, *rgb.shape[:2])
                     panels.append((title, draw_mask(rgb, mask, gt, args.scale)))
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.3), squeeze=False)
         for ax, (title, img) in zip(axes[0], panels):
             ax.imshow(img)
             ax.set_title(title, fontsize=8)
             ax.axis("off")
-        fig.tight_layout()
         stem = os.path.splitext(os.path.basename(str(d["file_name"])))[0]
+        source = f" — runs of {args.from_benchmark}" if args.from_benchmark else ""
+        fig.suptitle(f"{dataset}, image {stem}{source}; box colour = class, label = class and score", fontsize=9)
+        from matplotlib.patches import Patch
+
+        entries = legend_entries(meta, drawn, with_mask=any(spec is not None for _, _, spec in loaded))
+        if entries:
+            fig.legend(handles=[Patch(facecolor=c, edgecolor="black", label=lab) for lab, c in entries],
+                       loc="lower center", ncol=min(len(entries), 10), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
         path = os.path.join(out_dir, f"pred_{dataset}_{stem}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -1,7 +1,11 @@
-"""PNG plots of the benchmark (matplotlib, Agg backend): AP per method, loss and AP curves."""
+"""PNG plots of the benchmark (matplotlib, Agg backend): AP per method, loss and AP curves.
+
+The AP curves need runs evaluated along the way (``--evals N``, N > 1); a call whose runs were
+each evaluated once (the quick mode) would draw one dot per run, so it has no ``ap_curves.png``
+(:func:`write_plots` says why in ``results["plots_skipped"]``)."""
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import matplotlib
 
@@ -13,29 +17,43 @@ def _ok(x):
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
+def _its(n) -> str:
+    """`` (1353 it)`` for a label, or nothing when the runs trained different lengths."""
+    return f" ({n} it)" if isinstance(n, int) else ""
+
+
+def bars(d: Dict) -> List[Tuple[str, float, float, List[float], str]]:
+    """One detector's bars: ``(label, mean AP, s.d., per-seed APs, colour)``: teacher, baselines,
+    then per method its equal-wall-clock baseline and the distilled students; every label says
+    how many iterations the bar's runs trained."""
+    out = []
+    te = (d.get("teacher") or {}).get("eval") or {}
+    if _ok(te.get("AP")):
+        out.append((f"teacher{_its(d['teacher'].get('iters'))}", te["AP"], 0, [], "#555555"))
+
+    def runs_bar(label, summary, runs, color):
+        out.append((f"{label}{_its(summary.get('iters'))}", summary["AP"]["mean"], summary["AP"]["sd"],
+                    [r["eval"]["AP"] for r in runs if r.get("eval")], color))
+
+    for bname, b in d["baselines"].items():
+        runs_bar("baseline" if bname == "default" else f"baseline ({bname})", b["summary"], b["runs"], "#999999")
+    for m, r in d["methods"].items():
+        wc = r.get("wallclock") or {}
+        if wc.get("summary"):  # the plain student trained as long, in seconds, as the distilled one
+            runs_bar(f"baseline, {m}'s\nwall-clock", wc["summary"], wc["runs"], "#c9c9c9")
+        runs_bar(m, r["summary"], r["runs"], "#1f77b4")
+    return out
+
+
 def plot_ap_per_method(results: Dict, path: str) -> str:
     dets = list(results["detectors"])
     fig, axes = plt.subplots(1, max(len(dets), 1), figsize=(max(5, 1.2 * _max_bars(results) + 2) * max(len(dets), 1), 4.2),
                              squeeze=False)
     for ax, det in zip(axes[0], dets):
-        d = results["detectors"][det]
-        names, means, sds, seeds, colors = [], [], [], [], []
-        te = (d.get("teacher") or {}).get("eval") or {}
-        if _ok(te.get("AP")):
-            names.append("teacher"); means.append(te["AP"]); sds.append(0); seeds.append([]); colors.append("#555555")
-        for bname, b in d["baselines"].items():
-            names.append("baseline" if bname == "default" else f"baseline\n({bname})")
-            means.append(b["summary"]["AP"]["mean"]); sds.append(b["summary"]["AP"]["sd"])
-            seeds.append([r["eval"]["AP"] for r in b["runs"] if r.get("eval")]); colors.append("#999999")
-        for m, r in d["methods"].items():
-            wc = r.get("wallclock") or {}
-            if wc.get("summary"):
-                names.append(f"baseline\n=wall({m})")
-                means.append(wc["summary"]["AP"]["mean"]); sds.append(wc["summary"]["AP"]["sd"])
-                seeds.append([x["eval"]["AP"] for x in wc["runs"] if x.get("eval")]); colors.append("#c9c9c9")
-            names.append(m)
-            means.append(r["summary"]["AP"]["mean"]); sds.append(r["summary"]["AP"]["sd"])
-            seeds.append([x["eval"]["AP"] for x in r["runs"] if x.get("eval")]); colors.append("#1f77b4")
+        rows = bars(results["detectors"][det])
+        if not rows:
+            continue
+        names, means, sds, seeds, colors = zip(*rows)
         xs = list(range(len(names)))
         ax.bar(xs, [m if _ok(m) else 0 for m in means], yerr=[s if _ok(s) else 0 for s in sds], color=colors,
                capsize=4, edgecolor="black", linewidth=0.5)
@@ -67,7 +85,7 @@ def _groups(d: Dict) -> List:
         out.append((m, r["runs"], "-"))
         wc = r.get("wallclock") or {}
         if wc.get("runs"):
-            out.append((f"baseline = wall-clock of {m}", wc["runs"], ":"))
+            out.append((f"baseline, {m}'s wall-clock", wc["runs"], ":"))
     return out
 
 
@@ -89,7 +107,9 @@ def plot_curves(results: Dict, path: str, what: str) -> str:
                     det_loss = [t - k for t, k in zip(c.get("total_loss") or [], c.get("kd_loss") or [])]
                     series = [(axes[0][col], c.get("loss_iter"), det_loss)]
                     if any(c.get("kd_loss") or []):
-                        series.append((axes[1][col], c.get("loss_iter"), c.get("kd_loss")))
+                        # a log scale has no 0: the iterations before a warm-up turns KD on are left out
+                        kd = [(i, k) for i, k in zip(c.get("loss_iter"), c.get("kd_loss")) if k > 0]
+                        series.append((axes[1][col], [i for i, _ in kd], [k for _, k in kd]))
                 for ax, xs, ys in series:
                     if xs:
                         ax.plot(xs, ys, style, color=cmap(gi % 10), marker="o" if what == "ap" else None,
@@ -98,7 +118,7 @@ def plot_curves(results: Dict, path: str, what: str) -> str:
             te = (d.get("teacher") or {}).get("eval") or {}
             if _ok(te.get("AP")):
                 axes[0][col].axhline(te["AP"], color="black", linewidth=0.8, linestyle="-.", label="teacher")
-        ylabels = ["box AP"] if what == "ap" else ["detection loss (total − KD terms)", "KD loss (weighted sum)"]
+        ylabels = ["box AP"] if what == "ap" else ["detection loss (total − KD terms)", "KD loss (weighted sum, > 0)"]
         for r in range(rows):
             ax = axes[r][col]
             ax.set_xlabel("iteration")
@@ -115,12 +135,30 @@ def plot_curves(results: Dict, path: str, what: str) -> str:
     return path
 
 
+def has_ap_curves(results: Dict) -> bool:
+    """Whether some run was evaluated at two iterations or more (a curve, not a dot)."""
+    for d in results["detectors"].values():
+        for _, runs, _ in _groups(d):
+            if any(len(set((r.get("curves") or {}).get("ap_iter") or [])) >= 2 for r in runs):
+                return True
+    return False
+
+
 def write_plots(results: Dict, out_dir: str) -> List[str]:
+    """Write the plots into ``out_dir``; returns their file names. A plot left out is named in
+    ``results["plots_skipped"]`` with the reason (and a stale file of that name is removed)."""
     os.makedirs(out_dir, exist_ok=True)
     names = []
+    skipped = results.setdefault("plots_skipped", {})
     for name, fn in (("ap_per_method.png", plot_ap_per_method),
                      ("loss_curves.png", lambda r, p: plot_curves(r, p, "loss")),
                      ("ap_curves.png", lambda r, p: plot_curves(r, p, "ap"))):
+        if name == "ap_curves.png" and not has_ap_curves(results):
+            skipped[name] = ("each run was evaluated once, at its end: no AP curve to draw "
+                             "(--evals N evaluates every run N times along the way)")
+            if os.path.isfile(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+            continue
         fn(results, os.path.join(out_dir, name))
         names.append(name)
     return names

@@ -13,6 +13,8 @@ import re
 import statistics
 from typing import Dict, Iterable, List, Optional
 
+from .runner import fmt_s
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -216,8 +218,11 @@ def markdown(results: Dict) -> str:
     L.append("# d2kd embedded KD benchmark (shapes)\n")
     L.append(f"Command: `{s['command']}`  ")
     L.append(f"Machine: {s['machine']}  ")
-    L.append(f"Started {s['started']}, took {s.get('wall_clock', '?')} "
-             f"({s['n_parallel']} job(s) in parallel, {s['threads']} thread(s) each); "
+    est = s.get("estimate") or {}
+    estimated = (f" (estimated at the start: {fmt_s(est['seconds'])}; {est['bfloat16']})"
+                 if est.get("seconds") and est.get("bfloat16") else "")
+    L.append(f"Started {s['started']}, took {s.get('wall_clock', '?')}{estimated}; "
+             f"{s['n_parallel']} job(s) in parallel, {s['threads']} thread(s) each; "
              f"load average at start {s.get('load_start', '?')}, at end {s.get('load_end', '?')}.  ")
     L.append(f"Seeds: {', '.join(map(str, s['seeds']))}. Mean ± s.d. over seeds; gains are the mean ± s.d. "
              "of seed-matched differences. AP is COCO box AP (%) on the validation split "
@@ -326,10 +331,13 @@ def markdown(results: Dict) -> str:
             L.append(f"- {line}")
         L.append("")
     plots = results.get("plots") or []
-    if plots:
+    skipped = results.get("plots_skipped") or {}
+    if plots or skipped:
         L.append("## Plots\n")
         for p in plots:
             L.append(f"![{os.path.splitext(p)[0]}]({p})")
+        for p, why in skipped.items():
+            L.append(f"\nNo `{p}`: {why}.")
         L.append("")
     L.append("## Files\n")
     L.append("Every number above is in `results.json`; each run's folder (config, `metrics.json`, `log.txt`, "

@@ -4,14 +4,20 @@ Every job is a command line (``train_net.py`` runs, ``python -m d2kd.benchmark.m
 whose stdout/stderr go to ``<job dir>/benchmark_job.log``; a failing job fails alone (its
 dependents are skipped) and the rest of the benchmark goes on. A job whose command is a callable
 is built when it starts (the equal-wall-clock baseline's length comes from a measurement).
+A training job started again resumes its own unfinished run or starts from a clean folder
+(:mod:`d2kd.benchmark.resume`). When the benchmark is stopped (SIGTERM, Ctrl-C), the jobs it
+is running are stopped with it, so that none goes on writing into a folder the next call uses.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
+
+from .resume import prepare
 
 Command = Union[List[str], Callable[[], List[str]]]
 
@@ -32,6 +38,9 @@ class Job:
     error: str = ""
     argv: List[str] = field(default_factory=list)
     on_done: Optional[Callable[["Job"], None]] = None
+    #: a ``train_net.py`` run: True resumes its own unfinished run, False starts afresh (its
+    #: folder cleared of an earlier run's state either way, see ``resume.prepare``); None: not one
+    resume: Optional[bool] = None
 
     @property
     def log_file(self) -> str:
@@ -43,6 +52,18 @@ def input_stamps(paths: Sequence[str]) -> Dict[str, Optional[float]]:
     is reused only if its command line *and* these are unchanged (a retrained teacher at the same
     path invalidates every distilled run that used the old one)."""
     return {p: (os.path.getmtime(p) if os.path.exists(p) else None) for p in paths}
+
+
+def reusable(job: Job, argv: Sequence[str]) -> bool:
+    """Whether ``job`` finished before with the command line ``argv`` and the same inputs."""
+    if not job.done_file or not os.path.exists(job.done_file):
+        return False
+    try:
+        with open(job.done_file) as f:
+            prev = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return prev.get("argv") == list(argv) and prev.get("inputs", {}) == input_stamps(job.inputs)
 
 
 def fmt_s(seconds: float) -> str:
@@ -94,8 +115,10 @@ class Scheduler:
         for j in self.jobs.values():
             if j.status == "running" and j.meta.get("iters"):
                 it = _current_iter(j)
-                if it:
-                    frac = min(it / j.meta["iters"], 1.0) * 0.9
+                # a resumed job's weight is what was left of it; count from where it resumed
+                it0 = j.meta.get("resumed_at") or 0
+                if it and it > it0 and j.meta["iters"] > it0:
+                    frac = min((it - it0) / (j.meta["iters"] - it0), 1.0) * 0.9
                     done_w += frac * j.weight
                     left_w -= frac * j.weight
         if done_w <= 0:
@@ -128,30 +151,40 @@ class Scheduler:
             job.status, job.error = "failed", f"{type(e).__name__}: {e}"
             self.log(self.progress_line(f"FAILED to start {job.name}: {job.error}"))
             return None
+        if reusable(job, job.argv):
+            with open(job.done_file) as f:
+                job.seconds = float(json.load(f).get("seconds") or 0.0)
+            job.status = "reused"
+            self.log(self.progress_line(f"reused {job.name} (finished before with the same command)"))
+            return None
         if job.done_file and os.path.exists(job.done_file):
-            try:
-                with open(job.done_file) as f:
-                    prev = json.load(f)
-            except (OSError, ValueError):
-                prev = {}
-            if prev.get("argv") == job.argv and prev.get("inputs", {}) == input_stamps(job.inputs):
-                job.status = "reused"
-                job.seconds = float(prev.get("seconds") or 0.0)
-                self.log(self.progress_line(f"reused {job.name} (finished before with the same command)"))
-                return None
             os.remove(job.done_file)
-        logf = open(job.log_file, "w")
-        logf.write("$ " + " ".join(job.argv) + "\n")
+        argv = job.argv
+        if job.resume is not None:
+            argv, start, note = prepare(job.out_dir, job.argv, input_stamps(job.inputs), may_resume=job.resume)
+            if start is not None and job.meta.get("iters"):
+                job.meta["resumed_at"] = start
+                job.weight *= max(0.0, 1.0 - start / job.meta["iters"])
+            if note:
+                self.log(f"[benchmark] {job.name} {note}")
+        logf = open(job.log_file, "a" if job.meta.get("resumed_at") else "w")
+        logf.write("$ " + " ".join(argv) + "\n")
         logf.flush()
-        proc = subprocess.Popen(job.argv, stdout=logf, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env)
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env)
         job.status = "running"
         job.meta["_start"] = time.time()
         self.log(f"[benchmark] start {job.name}" + (f" ({job.meta['iters']} iters)" if job.meta.get("iters") else ""))
         return proc, logf
 
     def run(self) -> Dict[str, Job]:
-        self.t0 = time.time()
         running: Dict[str, tuple] = {}
+        try:
+            return self._run(running)
+        finally:
+            _stop(running, self.log)
+
+    def _run(self, running: Dict[str, tuple]) -> Dict[str, Job]:
+        self.t0 = time.time()
         last_beat = time.time()
         while True:
             # launch
@@ -208,9 +241,31 @@ class Scheduler:
                 for name in running:
                     j = self.jobs[name]
                     it = _current_iter(j)
-                    parts.append(f"{name}" + (f" iter {it}/{j.meta['iters']}" if it and j.meta.get("iters") else ""))
+                    parts.append(f"{name}" + (f" iter {it}/{j.meta['iters']}" if it and j.meta.get("iters") else "")
+                                 + (f" (resumed at {j.meta['resumed_at']})" if j.meta.get("resumed_at") else ""))
                 self.log(self.progress_line("running: " + ", ".join(parts)))
         return self.jobs
+
+
+def _stop(running: Dict[str, tuple], log, grace_s: float = 10.0) -> None:
+    """Stop the jobs still running when the scheduler leaves (SIGTERM, Ctrl-C, an error):
+    SIGTERM, then SIGKILL after ``grace_s``. Their checkpoints stay for the next call."""
+    if not running:
+        return
+    log(f"[benchmark] stopping {len(running)} running job(s): {', '.join(running)}; "
+        "a later call with the same command resumes them from their last checkpoint")
+    for proc, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for proc, logf in running.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logf.close()
+    running.clear()
 
 
 def _tail(path: str, n: int = 3) -> str:
