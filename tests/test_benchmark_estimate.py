@@ -45,13 +45,13 @@ def test_makespan_lays_out_jobs_as_the_scheduler_runs_them(tmp_path):
 
 
 def test_job_seconds_from_probed_steps():
-    from d2kd.benchmark.estimate import EVAL_FIXED_S, STEP_FACTOR, StepTime, job_seconds
+    from d2kd.benchmark.estimate import EVAL_FIXED_S, INFER_FACTOR, STEP_FACTOR, StepTime, job_seconds
 
     steps = {"t": StepTime(0.4, 0.05, "float32", 300), "s": StepTime(0.1, 0.01, "float32", 300),
              "kd": StepTime(0.2, 0.01, "float32", 300)}
-    evaluation = 300 * 0.01 + EVAL_FIXED_S
+    evaluation = 300 * 0.01 * INFER_FACTOR + EVAL_FIXED_S
     assert job_seconds("teacher", {"config": "t", "iters": 1000, "evals": 1}, steps, startup_s=5) == pytest.approx(
-        5 + 1000 * 0.4 * STEP_FACTOR + 300 * 0.05 + EVAL_FIXED_S)
+        5 + 1000 * 0.4 * STEP_FACTOR + 300 * 0.05 * INFER_FACTOR + EVAL_FIXED_S)
     assert job_seconds("baseline", {"config": "s", "iters": 1000, "evals": 4}, steps, startup_s=5) == pytest.approx(
         5 + 1000 * 0.1 * STEP_FACTOR + 4 * evaluation)
     # the wall-clock baseline: iterations x step ratio at the student's step = the KD run's seconds

@@ -23,7 +23,11 @@ So the benchmark measures, before it starts, what its jobs will cost here:
   and their dependencies are done).
 
 With the job times the 2026-12-01 quick run measured, :func:`makespan` gives its 14:16 to the
-second (``tests/test_benchmark_estimate.py``); the constants below are that run's.
+second (``tests/test_benchmark_estimate.py``). The factors below were measured on a 2-core AVX2
+EPYC against 60-iteration ``train_net.py`` runs started right after the probe: logged s/iter over
+probed step 1.09 (Faster R-CNN teacher, fp32), 1.14 (FGFI), 1.01 (student); evaluation 1.28-1.35
+x the probed per-image time (the 2026-12-01 quick run's teacher evaluation: ~1.0); start-up
+(process start to first step) 7 s against 5.3 s of imports and set-up probed.
 """
 import contextlib
 import os
@@ -49,8 +53,14 @@ from ..teacher import native_bfloat16
 STARTUP_S = 5.0
 #: What a job imports (``train_net.py``'s imports), timed in a child process during the probe.
 IMPORTS = "import torch, detectron2.engine, d2kd, d2kd.engine"
-#: Logged seconds per iteration / probed seconds per step (logging and LR hooks, later batches).
-STEP_FACTOR = 1.03
+#: Logged seconds per iteration / probed seconds per step (hooks, checkpoints, a model that has
+#: begun to learn).
+STEP_FACTOR = 1.08
+#: An evaluation's seconds per image / the probed inference (test loader, evaluator, post-processing).
+INFER_FACTOR = 1.2
+#: A job's start-up besides the imports and set-up the probe times (train_net.py's environment
+#: report, logging, config dump).
+STARTUP_EXTRA_S = 1.5
 #: Seconds of an evaluation besides the model's forward passes (COCO evaluation, test loader).
 EVAL_FIXED_S = 2.0
 #: A distillation step costs this many of its plain student's when no config of the call was probed
@@ -79,7 +89,7 @@ class Probe:
 
 # ---- arithmetic ---------------------------------------------------------------------------------
 def eval_seconds(t: StepTime, val_images: int) -> float:
-    return val_images * t.infer_s + EVAL_FIXED_S
+    return val_images * t.infer_s * INFER_FACTOR + EVAL_FIXED_S
 
 
 def train_seconds(t: StepTime, iters: int) -> float:
@@ -108,7 +118,7 @@ def job_seconds(kind: str, meta: Dict, steps: Dict[str, StepTime], *, startup_s:
     if kind == "teacher_eval":
         return startup_s + eval_seconds(t, val(t))
     if kind == "pseudo_labels":  # the unlabeled split, ~10 evaluation sets (as the ETA weights it)
-        return startup_s + 10 * val(t) * t.infer_s
+        return startup_s + 10 * val(t) * t.infer_s * INFER_FACTOR
     if kind == "overhead":  # KD and plain steps interleaved, no optimizer step
         return startup_s + meta["steps"] * (t.train_s + steps[meta["baseline"]].train_s)
     if kind == "memory":
@@ -267,7 +277,7 @@ def probe(
             out[config] = StepTime(b.train_s * ratio, b.infer_s, b.dtype, b.val_images, probed=False)
     import_s = _import_seconds(*imports)
     setup_s = max((t.setup_s for t in out.values() if t.probed), default=0.0)
-    startup_s = import_s + setup_s if import_s is not None else STARTUP_S
+    startup_s = import_s + setup_s + STARTUP_EXTRA_S if import_s is not None else STARTUP_S
     return Probe(out, time.perf_counter() - t0, startup_s)
 
 
