@@ -58,11 +58,11 @@ def test_same_command_resumes_and_drops_the_rows_after_its_checkpoint(tmp_path):
     argv, start, note = prepare(out, ARGV, {})
     assert argv == [sys.executable, "/repo/train_net.py", "--resume", *ARGV[2:]] and start == 500
     assert [r["iteration"] for r in _rows(os.path.join(out, "metrics.json"))] == list(range(19, 500, 20))
-    assert note.startswith("resumes from model_0000499.pth (iteration 500) of its own unfinished run; "
-                           "metrics.json rows after it (the killed run's) moved to ")
-    stale = note.rsplit(" moved to ", 1)[1]
-    assert os.path.dirname(stale) == os.path.join(out, "stale")
-    assert _rows(os.path.join(stale, "metrics.json"))[-1]["iteration"] == 519  # kept, not lost
+    assert note.startswith("resumes from model_0000499.pth (iteration 500) of its own unfinished run; the killed "
+                           "run's metrics.json rows after it are dropped (the file as it was: ")
+    kept = note.rsplit(": ", 1)[1].rstrip(")")
+    assert os.path.dirname(os.path.dirname(kept)) == os.path.join(out, "stale")
+    assert _rows(kept)[-1]["iteration"] == 519  # kept, not lost
     assert os.path.isfile(os.path.join(out, "model_0000499.pth"))
 
 

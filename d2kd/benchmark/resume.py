@@ -158,7 +158,8 @@ def prepare(out_dir: str, argv: Sequence[str], inputs: Dict, *, may_resume: bool
         ckpt = last_checkpoint(out_dir)
         trimmed = trim_metrics(out_dir, start - 1)
         note = (f"resumes from {os.path.basename(ckpt)} (iteration {start}) of its own unfinished run"
-                + (f"; metrics.json rows after it (the killed run's) moved to {trimmed}" if trimmed else ""))
+                + (f"; the killed run's metrics.json rows after it are dropped (the file as it was: "
+                   f"{os.path.join(trimmed, 'metrics.json')})" if trimmed else ""))
         run_argv = with_resume(argv)
     else:
         moved = move_aside(out_dir)

@@ -159,15 +159,20 @@ class Scheduler:
             return None
         if job.done_file and os.path.exists(job.done_file):
             os.remove(job.done_file)
-        argv = job.argv
+        argv, start = job.argv, None
         if job.resume is not None:
-            argv, start, note = prepare(job.out_dir, job.argv, input_stamps(job.inputs), may_resume=job.resume)
+            try:
+                argv, start, note = prepare(job.out_dir, job.argv, input_stamps(job.inputs), may_resume=job.resume)
+            except OSError as e:  # the folder could not be cleared (permissions, disk)
+                job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+                self.log(self.progress_line(f"FAILED to start {job.name}: {job.error}"))
+                return None
             if start is not None and job.meta.get("iters"):
                 job.meta["resumed_at"] = start
                 job.weight *= max(0.0, 1.0 - start / job.meta["iters"])
             if note:
                 self.log(f"[benchmark] {job.name} {note}")
-        logf = open(job.log_file, "a" if job.meta.get("resumed_at") else "w")
+        logf = open(job.log_file, "a" if start is not None else "w")  # a resumed run's log goes on
         logf.write("$ " + " ".join(argv) + "\n")
         logf.flush()
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env)
