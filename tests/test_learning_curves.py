@@ -52,8 +52,10 @@ def test_tool_writes_the_plot_and_table(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     with open(run / "metrics.json", "w") as f:
-        for r in rows_of([(250, 5.0), (500, 9.0), (750, 9.5), (1000, 9.8)], 1000):
+        for r in rows_of([(250, 5.0), (500, 9.0), (750, 9.5)], 1000):
             f.write(json.dumps(r) + "\n")
+        # the final evaluation runs after training, logged at iteration max_iter (not max_iter - 1)
+        f.write(json.dumps({"iteration": 1000, "bbox/AP": 9.8}) + "\n")
     spec = importlib.util.spec_from_file_location("learning_curves_tool", os.path.join(REPO, "tools", "learning_curves.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

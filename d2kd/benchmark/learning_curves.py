@@ -66,7 +66,13 @@ def run_curve(out_dir: str) -> Tuple[Curve, Optional[int]]:
     """A training folder's AP curve and the iterations its schedule ran (its last training row)."""
     rows = read_metrics(out_dir)
     trained = [int(r["iteration"]) + 1 for r in rows if "total_loss" in r]
-    return ap_curve(rows), (max(trained) if trained else None)
+    max_iter = max(trained) if trained else None
+    curve = ap_curve(rows)
+    if max_iter is not None and curve and curve[-1][0] == max_iter + 1:
+        # The final evaluation runs after training (EvalHook.after_train), when the trainer's
+        # iteration is already max_iter: it is the evaluation of max_iter iterations.
+        curve[-1] = (max_iter, curve[-1][1])
+    return curve, max_iter
 
 
 def plot(curves: Sequence[Tuple[str, Curve]], path: str, title: str = "") -> str:
