@@ -120,3 +120,37 @@ def save_random_weights(config_file, path, overrides=()):
     model = instantiate(cfg.model)
     torch.save({"model": model.state_dict()}, path)
     return model
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    """``train_net.py`` imported as a module, to run its command line in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_net_under_test", os.path.join(REPO, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fresh_loggers():
+    """setup_logger caches handlers on the streams of an earlier test's capture: start afresh."""
+    import logging
+
+    from detectron2.utils import logger as d2_logger
+
+    for name in ("detectron2", "d2kd", "fvcore", "d2"):
+        logging.getLogger(name).handlers.clear()
+    d2_logger.setup_logger.cache_clear()
+
+
+def run_cli(train_net, capfd, args):
+    """``train_net.cli(args)`` in this process: (exit code, its 'error:' lines, stdout + stderr;
+    detectron2's console log goes to stdout)."""
+    fresh_loggers()
+    with pytest.raises(SystemExit) as e:
+        train_net.cli(args)
+        raise SystemExit(0)
+    cap = capfd.readouterr()
+    lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
+    return e.value.code, lines, cap.out + cap.err

@@ -3,11 +3,10 @@ not send a run into another run's folder), flags go anywhere on the command line
 at least one iteration, and --eval-only refuses weights that do not fit the model.
 ``train_net.cli`` runs in this process (with ``--num-gpus 1`` it trains here)."""
 import hashlib
-import importlib.util
 import os
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -15,36 +14,6 @@ import torch  # noqa: E402
 
 STUDENT = "configs/shapes/retinanet_student.py"
 FITNET = "configs/shapes/retinanet_fitnet.py"
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location("train_net_under_test", os.path.join(REPO, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fresh_loggers():
-    """setup_logger caches handlers on the streams of an earlier test's capture: start afresh."""
-    import logging
-
-    from detectron2.utils import logger as d2_logger
-
-    for name in ("detectron2", "d2kd", "fvcore", "d2"):
-        logging.getLogger(name).handlers.clear()
-    d2_logger.setup_logger.cache_clear()
-
-
-def _cli(train_net, capfd, args):
-    """Run train_net's command line here; returns (exit code, the 'error:' lines, all output)."""
-    _fresh_loggers()
-    with pytest.raises(SystemExit) as e:
-        train_net.cli(args)
-        raise SystemExit(0)
-    cap = capfd.readouterr()
-    lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
-    return e.value.code, lines, cap.out + cap.err
 
 
 def _snapshot(folder):
@@ -97,7 +66,7 @@ def test_override_without_its_section_is_refused_and_no_other_run_changes(
     # The other run's folder stands for the config's own train.output_dir.
     args = ["--config-file", STUDENT, *TINY, "train.max_iter=1", f"train.output_dir={other_run}",
             override.format(new=new)]
-    code, lines, out = _cli(train_net, capfd, args)
+    code, lines, out = run_cli(train_net, capfd, args)
     assert code == 2 and len(lines) == 1, out[-3000:]
     assert lines[0].startswith("train_net.py: error: " + message.format(new=new)), lines
     assert _snapshot(other_run) == before
@@ -105,7 +74,7 @@ def test_override_without_its_section_is_refused_and_no_other_run_changes(
 
 
 def test_unknown_top_level_key_without_a_close_match(train_net, tmp_path, capfd):
-    code, lines, out = _cli(train_net, capfd, ["--config-file", STUDENT, "zzz=1", f"train.output_dir={tmp_path}"])
+    code, lines, out = run_cli(train_net, capfd, ["--config-file", STUDENT, "zzz=1", f"train.output_dir={tmp_path}"])
     assert code == 2 and lines == [
         "train_net.py: error: override 'zzz=1': the config has no top-level key 'zzz': write each key with "
         "its section (dataloader, lr_multiplier, model, optimizer, train)"
@@ -148,7 +117,7 @@ def test_unknown_flag_after_overrides_is_an_argparse_error(train_net, capfd):
 def test_max_iter_below_one_is_refused(train_net, tmp_path, capfd, max_iter):
     """0 ended in a ZeroDivisionError, -5 trained nothing with exit status 0."""
     out = tmp_path / "out"
-    code, lines, err = _cli(train_net, capfd, ["--config-file", STUDENT, *TINY, f"train.max_iter={max_iter}",
+    code, lines, err = run_cli(train_net, capfd, ["--config-file", STUDENT, *TINY, f"train.max_iter={max_iter}",
                                                f"train.output_dir={out}"])
     assert code == 2 and lines == [
         f"train_net.py: error: train.max_iter={max_iter}: training needs at least 1 iteration (e.g. "
@@ -180,7 +149,7 @@ def _eval_args(tmp_path, init, *extra):
 def test_eval_only_refuses_weights_of_another_architecture(train_net, weights, tmp_path, capfd):
     """Faster R-CNN weights into the RetinaNet student evaluated to AP nan with exit status 0."""
     init = weights["faster_rcnn_teacher"]
-    code, lines, out = _cli(train_net, capfd, _eval_args(tmp_path, init))
+    code, lines, out = run_cli(train_net, capfd, _eval_args(tmp_path, init))
     assert code == 2 and len(lines) == 1, out[-3000:]
     assert lines[0].startswith(
         f"train_net.py: error: --eval-only: train.init_checkpoint {init} does not fit the model of {STUDENT}: "
@@ -193,7 +162,7 @@ def test_eval_only_refuses_weights_of_another_architecture(train_net, weights, t
 
 def test_eval_only_refuses_weights_without_the_heads(train_net, weights, tmp_path, capfd):
     """A backbone-only file is a fine init for training, but would evaluate random heads."""
-    code, lines, out = _cli(train_net, capfd, _eval_args(tmp_path, weights["backbone_only"]))
+    code, lines, out = run_cli(train_net, capfd, _eval_args(tmp_path, weights["backbone_only"]))
     assert code == 2 and len(lines) == 1, out[-3000:]
     assert " does not fit the model of configs/shapes/retinanet_student.py: " in lines[0]
     assert "tensors are not in the file (e.g. ['head." in lines[0]
@@ -201,7 +170,7 @@ def test_eval_only_refuses_weights_without_the_heads(train_net, weights, tmp_pat
 
 
 def test_eval_only_evaluates_weights_that_fit(train_net, weights, tmp_path, capfd):
-    code, lines, out = _cli(train_net, capfd, _eval_args(tmp_path, weights["retinanet_student"]))
+    code, lines, out = run_cli(train_net, capfd, _eval_args(tmp_path, weights["retinanet_student"]))
     assert code == 0 and not lines, out[-3000:]
     assert "copypaste: AP,AP50" in out
 
@@ -246,7 +215,7 @@ def test_resume_into_a_folder_of_another_run_is_refused(
             f"train.output_dir={out}", *extra]
     if config != FITNET:
         args.remove(f"model.teacher.weights={teacher}")
-    code, lines, err = _cli(train_net, capfd, args)
+    code, lines, err = run_cli(train_net, capfd, args)
     assert code == 2 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith(
         f"train_net.py: error: {config}: --resume: checkpoint {out}/model_final.pth does not fit this config: "

@@ -1,12 +1,11 @@
 """Bad inputs, each with a one-line message that names the thing and the fix, and NaN through
 train_net end to end (checkpoints left intact). ``train_net.cli`` runs in this process (with
 ``--num-gpus 1`` it trains in the calling process), which saves a Python start per case."""
-import importlib.util
 import os
 import pickle
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -35,14 +34,6 @@ class FlakyFitNet(FeatureImitation):
 
 
 @pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location("train_net_under_test", os.path.join(REPO, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     d = tmp_path_factory.mktemp("weights")
     out = {}
@@ -50,17 +41,6 @@ def teachers(tmp_path_factory):
         out[name] = str(d / f"{name}.pth")
         save_random_weights(f"configs/shapes/{name}.py", out[name])
     return out
-
-
-def _fresh_loggers():
-    """setup_logger caches handlers on the streams of an earlier test's capture: start afresh."""
-    import logging
-
-    from detectron2.utils import logger as d2_logger
-
-    for name in ("detectron2", "d2kd", "fvcore", "d2"):
-        logging.getLogger(name).handlers.clear()
-    d2_logger.setup_logger.cache_clear()
 
 
 @pytest.fixture
@@ -75,17 +55,6 @@ def propagate():
     yield
     for l, o in zip(loggers, old):
         l.propagate = o
-
-
-def _cli(train_net, capfd, args):
-    """Run train_net's command line here; returns (exit code, the 'error:' lines, stderr)."""
-    _fresh_loggers()
-    with pytest.raises(SystemExit) as e:
-        train_net.cli(args)
-        raise SystemExit(0)
-    cap = capfd.readouterr()
-    lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
-    return e.value.code, lines, cap.out + cap.err  # detectron2's console log goes to stdout
 
 
 def _fitnet_args(tmp_path, teacher, *extra, config=FITNET):
@@ -107,7 +76,7 @@ def _fitnet_args(tmp_path, teacher, *extra, config=FITNET):
     ids=["class_count", "missing_level", "input_format"],
 )
 def test_model_that_cannot_be_built_fails_in_one_line(train_net, teachers, tmp_path, capfd, extra, message):
-    code, lines, err = _cli(train_net, capfd, _fitnet_args(tmp_path, teachers["retinanet_teacher"], *extra))
+    code, lines, err = run_cli(train_net, capfd, _fitnet_args(tmp_path, teachers["retinanet_teacher"], *extra))
     assert code == 2 and len(lines) == 1, err[-2000:]
     assert lines[0].startswith(f"train_net.py: error: cannot build {FITNET}: ") and message in lines[0]
     assert "Traceback" not in err  # the traceback went to log.txt
@@ -128,7 +97,7 @@ def test_levels_with_different_strides_are_refused_at_bind():
 
 def test_teacher_from_another_detector_lacking_a_level(train_net, teachers, tmp_path, capfd):
     """A Faster R-CNN teacher (p2-p6) for a RetinaNet student imitating p3-p7."""
-    code, lines, err = _cli(train_net, capfd, _fitnet_args(
+    code, lines, err = run_cli(train_net, capfd, _fitnet_args(
         tmp_path, teachers["faster_rcnn_teacher"], "model.teacher.config_file=configs/shapes/faster_rcnn_teacher.py",
         "model.distillers.0.in_features=[p3,p4,p5,p6,p7]"))
     assert code == 2 and len(lines) == 1, err[-2000:]
@@ -140,13 +109,13 @@ def test_corrupt_teacher_weights(train_net, teachers, tmp_path, capfd, damage):
     path = tmp_path / "teacher.pth"
     good = open(teachers["retinanet_teacher"], "rb").read()
     path.write_bytes({"garbage": b"not a checkpoint" * 10, "truncated": good[: len(good) // 2], "empty": b""}[damage])
-    code, lines, err = _cli(train_net, capfd, _fitnet_args(tmp_path, path))
+    code, lines, err = run_cli(train_net, capfd, _fitnet_args(tmp_path, path))
     assert code == 2 and len(lines) == 1, err[-2000:]
     assert f"RuntimeError: teacher (configs/shapes/retinanet_teacher.py) weights file {path} could not be read (" in lines[0]
 
 
 def test_missing_teacher_weights_fail_before_building(train_net, tmp_path, capfd):
-    code, lines, err = _cli(train_net, capfd, _fitnet_args(tmp_path, "/nonexistent/teacher.pth"))
+    code, lines, err = run_cli(train_net, capfd, _fitnet_args(tmp_path, "/nonexistent/teacher.pth"))
     assert code == 2 and lines == [
         "train_net.py: error: model.teacher.weights: teacher weights file not found: /nonexistent/teacher.pth "
         "(train the teacher first, or set model.teacher.weights=PATH)"
@@ -157,7 +126,7 @@ def test_init_checkpoint_of_another_architecture(train_net, teachers, tmp_path, 
     """Faster R-CNN weights as a RetinaNet student's init: not silently 'trained from scratch'."""
     args = ["--config-file", "configs/shapes/retinanet_student.py", *TINY, "train.max_iter=2",
             f"train.init_checkpoint={teachers['faster_rcnn_teacher']}", f"train.output_dir={tmp_path / 'out'}"]
-    code, lines, err = _cli(train_net, capfd, args)
+    code, lines, err = run_cli(train_net, capfd, args)
     assert code == 2 and len(lines) == 1, err[-2000:]
     assert f"train.init_checkpoint {teachers['faster_rcnn_teacher']} does not fit the model: only " in lines[0]
     assert "it is for a different architecture (pick the weights for this config, or set " \
@@ -197,7 +166,7 @@ def test_init_checkpoint_fit_rule(teachers):
     ],
 )
 def test_malformed_override(train_net, tmp_path, capfd, override, message):
-    code, lines, err = _cli(train_net, capfd, ["--config-file", FITNET, override, f"train.output_dir={tmp_path}"])
+    code, lines, err = run_cli(train_net, capfd, ["--config-file", FITNET, override, f"train.output_dir={tmp_path}"])
     assert code == 2 and len(lines) == 1 and message in lines[0], err[-2000:]
 
 
@@ -278,7 +247,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(train_net, teache
             "train.checkpointer.period=2", f"model.teacher.weights={teachers['retinanet_teacher']}",
             f"train.output_dir={out}", f"model.distillers.0._target_={__name__}.FlakyFitNet",
             "+model.distillers.0.nan_from=4", "train.skip_nonfinite_kd_steps=2"]
-    code, lines, err = _cli(train_net, capfd, args)
+    code, lines, err = run_cli(train_net, capfd, args)
     assert code == 1 and len(lines) == 1, err[-3000:]
     good = out / "model_0000005.pth"
     assert lines[0] == (
@@ -387,7 +356,7 @@ def test_image_that_fails_to_decode_stops_training_naming_the_file(train_net, te
     args = ["--config-file", "configs/shapes/retinanet_student.py", *TINY, "train.max_iter=2",
             "dataloader.train.dataset.names=rel_test_broken", "train.checkpointer.period=100",
             f"train.output_dir={tmp_path / 'out'}"]
-    code, lines, err = _cli(train_net, capfd, args)
+    code, lines, err = run_cli(train_net, capfd, args)
     assert code == 1 and len(lines) == 1, err[-2000:]
     assert lines[0] == (
         f"train_net.py: error: ImageLoadError: cannot load training image {tmp_path / 'broken.jpg'}: "

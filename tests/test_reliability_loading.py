@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -178,42 +178,17 @@ def test_a_plain_pickle_named_pth_is_told_to_be_named_pkl(served, tmp_path):
 
 
 # ---- 10. the pickle opt-in of --eval-only and of the yacs teacher -------------------------------
-@pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location("train_net_under_test", os.path.join(REPO, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _cli(train_net, capfd, args):
-    """train_net's command line in this process: (exit code, its 'error:' lines, all output)."""
-    import logging
-
-    from detectron2.utils import logger as d2_logger
-
-    for name in ("detectron2", "d2kd", "fvcore", "d2"):
-        logging.getLogger(name).handlers.clear()
-    d2_logger.setup_logger.cache_clear()
-    with pytest.raises(SystemExit) as e:
-        train_net.cli(args)
-        raise SystemExit(0)
-    cap = capfd.readouterr()
-    lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
-    return e.value.code, lines, cap.out + cap.err
-
-
 def test_eval_only_honours_allow_pickle_checkpoints(train_net, served, tmp_path, capfd):
     weights = str(tmp_path / "student.pth")
     torch.save({"model": served["state"], "note": fractions.Fraction(1, 3)}, weights)
     args = ["--config-file", STUDENT, "--eval-only", *TINY, f"train.init_checkpoint={weights}",
             f"train.output_dir={tmp_path / 'out'}"]
-    code, lines, out = _cli(train_net, capfd, args)
+    code, lines, out = run_cli(train_net, capfd, args)
     assert code == 1 and len(lines) == 1, out[-2000:]
     assert (f"{weights} holds objects other than tensors and plain types (it needs 'fractions.Fraction'); "
             f"loading it could run arbitrary code: if you trust the file, opt in with "
             f"train.allow_pickle_checkpoints=True") in lines[0]
-    code, lines, out = _cli(train_net, capfd, [*args, "train.allow_pickle_checkpoints=True"])
+    code, lines, out = run_cli(train_net, capfd, [*args, "train.allow_pickle_checkpoints=True"])
     assert code == 0 and not lines, out[-2000:]
     assert "bbox" in out and "AP" in out  # it evaluated
 
@@ -316,7 +291,7 @@ def test_full_disk_during_training_is_one_line_naming_the_file(train_net, tmp_pa
     out = tmp_path / "out"
     args = ["--config-file", STUDENT, *TINY, "train.max_iter=2", "train.checkpointer.period=1",
             f"train.output_dir={out}"]
-    code, lines, text = _cli(train_net, capfd, args)
+    code, lines, text = run_cli(train_net, capfd, args)
     assert code == 1 and len(lines) == 1, text[-3000:]
     assert lines[0].startswith(f"train_net.py: error: OSError: [Errno {errno.ENOSPC}] no space left writing "
                                f"{out}/model_0000000.pth (No space left on device)"), lines[0]
