@@ -154,3 +154,24 @@ def run_cli(train_net, capfd, args):
     cap = capfd.readouterr()
     lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
     return e.value.code, lines, cap.out + cap.err
+
+
+#: A small model-zoo RetinaNet (ResNet-18, one conv per head tower) on the CPU, for yacs routes.
+YACS_ZOO_RETINANET = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
+YACS_SMALL = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CONVS", 1,
+              "MODEL.DEVICE", "cpu"]
+
+
+def yacs_small_retinanet():
+    """The yacs config of ``YACS_ZOO_RETINANET`` with ``YACS_SMALL`` and d2kd's keys."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from d2kd.config import add_d2kd_config
+
+    cfg = get_cfg()
+    add_d2kd_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file(YACS_ZOO_RETINANET))
+    cfg.merge_from_list(YACS_SMALL)
+    return cfg
+

@@ -4,6 +4,7 @@ import os
 import pytest
 import torch
 from conftest import D2_MISSING, TINY, read_metrics, run_train_net, save_random_weights
+from conftest import YACS_SMALL, YACS_ZOO_RETINANET, yacs_small_retinanet
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -299,20 +300,11 @@ def test_teacher_missing_or_corrupt_weights(tmp_path):
 
 def test_yacs_model_zoo_teacher_and_yacs_distillation_model(tmp_path):
     """DistillationRetinaNet from a yacs config, with a model-zoo yacs teacher."""
-    from detectron2 import model_zoo
     from detectron2.config import CfgNode as CN
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from d2kd.config import add_d2kd_config
-
-    zoo = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
-    small = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CONVS", 1,
-             "MODEL.DEVICE", "cpu"]
-    cfg = get_cfg()
-    add_d2kd_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file(zoo))
-    cfg.merge_from_list(small)
+    zoo, small = YACS_ZOO_RETINANET, YACS_SMALL
+    cfg = yacs_small_retinanet()
     torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "t.pth")
     cfg.MODEL.META_ARCHITECTURE = "DistillationRetinaNet"
     cfg.MODEL.DISTILL.TEACHER.CONFIG_FILE = zoo

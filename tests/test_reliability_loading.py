@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights
+from conftest import YACS_SMALL, YACS_ZOO_RETINANET, yacs_small_retinanet
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -195,20 +196,11 @@ def test_eval_only_honours_allow_pickle_checkpoints(train_net, served, tmp_path,
 
 def test_yacs_teacher_has_its_own_pickle_opt_in(tmp_path):
     """MODEL.DISTILL.TEACHER.ALLOW_PICKLE: refused without it (and the refusal names it)."""
-    from detectron2 import model_zoo
     from detectron2.config import CfgNode as CN
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from d2kd.config import add_d2kd_config
-
-    zoo = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
-    small = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RETINANET.NUM_CONVS", 1,
-             "MODEL.DEVICE", "cpu"]
-    cfg = get_cfg()
-    add_d2kd_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file(zoo))
-    cfg.merge_from_list(small)
+    zoo, small = YACS_ZOO_RETINANET, YACS_SMALL
+    cfg = yacs_small_retinanet()
     teacher = tmp_path / "t.pth"
     torch.save({"model": build_model(cfg).state_dict(), "note": fractions.Fraction(1, 3)}, teacher)
     cfg.MODEL.META_ARCHITECTURE = "DistillationRetinaNet"

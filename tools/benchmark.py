@@ -406,7 +406,7 @@ class Plan:
                              inputs=self._inputs(cfg_file, tweights if kind == "kd" else None)))
 
     def _pseudo_label_jobs(self, exp, tconf, tweights, tdeps) -> List[str]:
-        """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, METHODS.md
+        """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, docs/methods.md
         §5.2), once per file: ``tools/pseudo_label.py`` over the registry's unlabeled source.
         An existing file is reused unless the teacher is trained in this call."""
         source = registry.PSEUDO_LABEL_SOURCES.get((exp.detector, exp.method))
