@@ -45,6 +45,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from .runtime import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 #: Test-only: seconds to sleep between writing a checkpoint's temporary file and renaming it,
@@ -482,7 +484,7 @@ def init_checkpoint_fit(model, incompatible) -> Optional[str]:
     """
     if incompatible is None:
         return None
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     n_model = len(model.state_dict())
     missing = set(incompatible.missing_keys)
     loaded = n_model - len(missing)

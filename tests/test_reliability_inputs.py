@@ -25,7 +25,7 @@ class FlakyFitNet(FeatureImitation):
         self.nan_from = nan_from
 
     def forward(self, student, teacher):
-        from d2kd.engine.trainer import current_iteration
+        from d2kd.runtime import current_iteration
 
         losses = super().forward(student, teacher)
         if current_iteration() >= self.nan_from:

@@ -8,7 +8,7 @@ dominated by RoIAlign's backward, NMS and Python). Where bfloat16 is emulated it
 fp32, hence "auto".
 
 ``train.amp.enabled``: ``False`` | ``True`` | ``"auto"`` (on where the device computes bfloat16
-natively, see :func:`d2kd.teacher.native_bfloat16`; then in bfloat16).
+natively, see :func:`d2kd.runtime.native_bfloat16`; then in bfloat16).
 ``train.amp.native_bfloat16`` (d2kd only, default ``False``): ``True`` does what
 ``enabled="auto"`` does while ``enabled`` stays ``False``. Detectron2's own
 ``tools/lazyconfig_train_net.py`` reads ``train.amp.enabled`` as a bool and runs its CUDA-only
@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from detectron2.engine import SimpleTrainer
 
-from ..teacher import native_bfloat16
+from ..runtime import native_bfloat16
 
 PRECISIONS = ("float16", "bfloat16")
 

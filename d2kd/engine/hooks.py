@@ -6,6 +6,9 @@ import time
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..export import export_student
+from ..runtime import unwrap_model
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,9 +23,7 @@ class TeacherEvalHook(HookBase):
     def before_train(self):
         if self.trainer.start_iter > 0:
             return  # resumed: the teacher was evaluated when the run started
-        model = self.trainer.model
-        model = getattr(model, "module", model)
-        teacher = model.teacher.model
+        teacher = unwrap_model(self.trainer.model).teacher.model
         start = time.perf_counter()
         results = self._evaluate(teacher)
         took = time.perf_counter() - start
@@ -53,7 +54,7 @@ class DistillerScheduleCheck(HookBase):
     step, and nothing else would say so."""
 
     def before_train(self):
-        model = getattr(self.trainer.model, "module", self.trainer.model)
+        model = unwrap_model(self.trainer.model)
         start, end = self.trainer.start_iter, self.trainer.max_iter
         if start >= end or not comm.is_main_process():
             return
@@ -92,8 +93,6 @@ class ExportStudentHook(HookBase):
         final = os.path.join(out, "model_final.pth")
         if self.trainer.iter + 1 < self.trainer.max_iter or not os.path.isfile(final):
             return  # stopped early: nothing final to export
-        from ..export import export_student
-
         paths = export_student(self._cfg, final, os.path.join(out, "student"))
         logger.info("Exported the student for DefaultPredictor: %s", paths["predictor"])
 

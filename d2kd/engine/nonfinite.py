@@ -29,15 +29,13 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..runtime import current_iteration, put_scalar, unwrap_model
+
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term is NaN or infinite; the message names it, the iteration and the fix."""
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 def _fmt(value: float) -> str:
@@ -50,7 +48,7 @@ def find_distiller(model: nn.Module, key: str) -> Optional[Tuple[int, nn.Module,
         return None
     rest = key[len("loss_kd_"):]
     best = None
-    for i, d in enumerate(getattr(_unwrap(model), "distillers", None) or []):
+    for i, d in enumerate(getattr(unwrap_model(model), "distillers", None) or []):
         name = getattr(d, "name", None)
         if name and rest.startswith(name + "_") and (best is None or len(name) > len(best[1].name)):
             best = (i, d)
@@ -99,7 +97,7 @@ class NonFiniteGuard:
     def __init__(self, model: nn.Module, *, skip_kd_steps: int = 0, output_dir: Optional[str] = None):
         if isinstance(skip_kd_steps, bool) or not isinstance(skip_kd_steps, int) or skip_kd_steps < 0:
             raise ValueError(f"train.skip_nonfinite_kd_steps must be an integer >= 0, got {skip_kd_steps!r}")
-        self.model = _unwrap(model)
+        self.model = unwrap_model(model)
         self.skip_kd_steps = int(skip_kd_steps)
         self.output_dir = output_dir
         self.skipped = 0  # steps whose KD terms were replaced, over the whole run
@@ -121,8 +119,6 @@ class NonFiniteGuard:
             return None
         if not all(isinstance(v, Tensor) for v in output.values()):
             return None
-        from .trainer import current_iteration
-
         return self.check(output, current_iteration())
 
     def _bad_keys(self, losses: Dict[str, Tensor]) -> List[str]:
@@ -153,12 +149,7 @@ class NonFiniteGuard:
                 "train.skip_nonfinite_kd_steps)",
                 iteration, described, self.skipped, self.skip_kd_steps,
             )
-            try:
-                from detectron2.utils.events import get_event_storage
-
-                get_event_storage().put_scalar("nonfinite_kd_skipped", self.skipped, smoothing_hint=False)
-            except AssertionError:
-                pass
+            put_scalar("nonfinite_kd_skipped", self.skipped, smoothing_hint=False)
             out = dict(losses)
             for k in bad:
                 out[k] = graph_zero(self.model, k, losses[k])

@@ -21,9 +21,10 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage, get_event_storage
+from detectron2.utils.events import EventStorage
 
 from ..checkpoint import AtomicCheckpointer, init_checkpoint_fit
+from ..runtime import unwrap_model
 from .amp import AutocastTrainer, resolve_amp_dtype
 from .hooks import DistillerScheduleCheck, ExportStudentHook, TeacherEvalHook, fault_injection_hooks
 from .nonfinite import NonFiniteGuard
@@ -143,7 +144,7 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = unwrap_model(self.model)
         if hasattr(model, "distillers"):
             ret.append(DistillerScheduleCheck())  # first: its warning comes before any long work
         if hasattr(model, "teacher") and cfg.train.get("eval_teacher", False):
@@ -277,7 +278,7 @@ def checkpoint_fit(model, incompatible, *, allow_unexpected: bool = True) -> Opt
     ``allow_unexpected`` (resuming: the optimizer state would be for other parameters)."""
     if incompatible is None:
         return None
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     n_model = len(model.state_dict())
 
     def counted(keys):  # BatchNorm's step counter alone changes nothing
@@ -325,7 +326,7 @@ def optimizer_state_fit(optimizer, state, model=None) -> Optional[str]:
             f"its optimizer state is of another optimizer: its parameter groups lack {lacking}, which "
             f"{type(optimizer).__name__} needs"
         )
-    names = {id(p): n for n, p in getattr(model, "module", model).named_parameters()} if model is not None else {}
+    names = {id(p): n for n, p in unwrap_model(model).named_parameters()} if model is not None else {}
     per_param = state.get("state", {})
     for index, param in zip((i for g in saved for i in g["params"]), (p for g in groups for p in g["params"])):
         for key, value in per_param.get(index, {}).items():
@@ -367,12 +368,3 @@ class ImageLoadError(RuntimeError):
 
 #: Hooks whose ``after_train`` writes or evaluates: not run after a failed step.
 SKIPPED_AFTER_FAILURE = (hooks.PeriodicCheckpointer, hooks.EvalHook, ExportStudentHook)
-
-
-def current_iteration(default: int = 0) -> int:
-    """The trainer's iteration from the event storage, or ``default`` outside training."""
-    try:
-        return get_event_storage().iter
-    except AssertionError:
-        return default
-
