@@ -42,6 +42,8 @@ import time
 from typing import List, Optional
 
 import torch
+from torch import nn
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
@@ -497,3 +499,49 @@ def init_checkpoint_fit(model, incompatible) -> Optional[str]:
         f"({len(incompatible.unexpected_keys)} unexpected keys, e.g. {list(incompatible.unexpected_keys[:2])}; "
         f"{len(incompatible.incorrect_shapes)} shape mismatches{', e.g. ' + '; '.join(shapes) if shapes else ''})"
     )
+
+# ---- loading a model's weights, with a report of what did not fit (a teacher, a pseudo-labeller)
+def load_weights(
+    model: nn.Module,
+    weights: str,
+    *,
+    what: str,
+    strict: bool = True,
+    allow_pickle: bool = False,
+    opt_in: Optional[str] = None,
+) -> None:
+    """Load ``weights`` with ``DetectionCheckpointer``; mismatches are an error unless not strict.
+
+    ``opt_in``: how the caller's config allows full pickle, named when a file is refused
+    (default: the LazyConfig keys, :data:`OPT_IN_TRAIN`).
+    """
+    if not weights:
+        raise ValueError(f"{what}: no weights file given; a frozen random {what} teaches nothing")
+    if not os.path.isfile(weights) and "://" not in weights:
+        raise FileNotFoundError(f"{what} weights file not found: {weights}")
+    # weights_only loading; full pickle only with allow_pickle (see the module docstring)
+    checkpointer = ReportingCheckpointer(model, allow_pickle=allow_pickle, **({"opt_in": opt_in} if opt_in else {}))
+    try:
+        checkpointer.load(weights)
+    except Exception as e:
+        raise RuntimeError(f"{what} weights file {weights} could not be read ({type(e).__name__}: {e})") from e
+    incompatible = checkpointer.incompatible
+    if incompatible is None:
+        raise RuntimeError(f"{what} weights file {weights} holds no model state")
+    problems = []
+    if incompatible.incorrect_shapes:
+        shapes = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes[:3])
+        problems.append(f"{len(incompatible.incorrect_shapes)} shape mismatches ({shapes})")
+    if incompatible.missing_keys:
+        problems.append(
+            f"{len(incompatible.missing_keys)} missing keys (e.g. {incompatible.missing_keys[:3]})"
+        )
+    if incompatible.unexpected_keys:
+        problems.append(
+            f"{len(incompatible.unexpected_keys)} unexpected keys (e.g. {incompatible.unexpected_keys[:3]})"
+        )
+    if problems:
+        msg = f"{what} weights {weights} do not fit its config: " + "; ".join(problems)
+        if strict:
+            raise RuntimeError(msg + ". Check the config/weights pair (or pass strict=False).")
+        logger.warning(msg)

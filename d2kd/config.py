@@ -1,10 +1,21 @@
-"""yacs keys that d2kd adds, for users who build models from Detectron2 yacs configs.
+"""Config files: the yacs keys that d2kd adds, and building a model from any config file.
 
-d2kd's own experiments are LazyConfig files (``configs/``); these keys make the same models
+d2kd's own experiments are LazyConfig files (``configs/``); the yacs keys make the same models
 buildable from a yacs ``CfgNode`` (``DistillationRCNN.from_config``) and let
 ``DefaultPredictor`` serve a LazyConfig-defined model (``MODEL.LAZY_CONFIG``).
+:func:`build_model_from_config_file` builds a model (a teacher, a pseudo-labeller) from a
+LazyConfig ``.py``/``.yaml``, a yacs ``.yaml`` or a Detectron2 model-zoo config name.
 """
+import os
+from typing import Sequence
+
+import yaml
+from torch import nn
+
+from detectron2 import model_zoo
 from detectron2.config import CfgNode as CN
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.modeling import build_model
 
 from . import import_check  # noqa: F401  (a clear error where "d2kd" is a folder, not the package)
 
@@ -34,3 +45,38 @@ def add_d2kd_config(cfg: CN) -> CN:
         # model.teacher.allow_pickle).
         cfg.MODEL.DISTILL.TEACHER.ALLOW_PICKLE = False
     return cfg
+
+
+def resolve_config_file(config_file: str) -> str:
+    """A path as given, else a Detectron2 model-zoo name (``COCO-Detection/…yaml``)."""
+    if os.path.isfile(config_file):
+        return config_file
+    try:
+        return model_zoo.get_config_file(config_file)
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"teacher config '{config_file}' is neither a file nor a Detectron2 model-zoo config "
+            f"name; give a path to its .py/.yaml file"
+        ) from None
+
+
+def is_yacs_yaml(path: str) -> bool:
+    """Whether the ``.yaml`` file ``path`` is a yacs config (else a LazyConfig one)."""
+    with open(path) as f:
+        content = yaml.safe_load(f) or {}
+    return "_BASE_" in content or "MODEL" in content
+
+
+def build_model_from_config_file(config_file: str, opts: Sequence[str] = ()) -> nn.Module:
+    """Build (but do not load) a model from a LazyConfig ``.py``/``.yaml`` or a yacs ``.yaml``."""
+    path = resolve_config_file(config_file)
+    if path.endswith(".yaml") and is_yacs_yaml(path):
+        cfg = get_cfg()
+        add_d2kd_config(cfg)
+        cfg.merge_from_file(path)
+        cfg.merge_from_list(list(opts))
+        cfg.MODEL.DEVICE = "cpu"
+        return build_model(cfg)
+    cfg = LazyConfig.load(path)
+    cfg = LazyConfig.apply_overrides(cfg, list(opts))
+    return instantiate(cfg.model)

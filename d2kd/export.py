@@ -35,7 +35,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.registry import locate
 
 from . import import_check  # noqa: F401  (first: a clear error where "d2kd" is a folder, not the package)
+import d2kd  # noqa: F401,E402  (registers D2KDLazyModel, d2kd's backbones and datasets)
+
 from .checkpoint import OPT_IN_PREDICTOR, ReportingCheckpointer, load_torch_weights
+from .config import add_d2kd_config
 
 #: Prefix of the distillers' parameters inside a distillation model's state dict.
 DISTILLER_PREFIX = "distillers."
@@ -85,8 +88,6 @@ def _test_resize(cfg):
 
 def write_predictor_config(cfg, model_config_file: str, weights: str, path: str) -> None:
     """A yacs config with which ``DefaultPredictor`` serves the LazyConfig model."""
-    from .config import add_d2kd_config
-
     y = get_cfg()
     add_d2kd_config(y)
     y.MODEL.META_ARCHITECTURE = "D2KDLazyModel"
@@ -104,9 +105,6 @@ def write_predictor_config(cfg, model_config_file: str, weights: str, path: str)
 
 def load_predictor_config(path: str):
     """Load a ``predictor.yaml`` written by d2kd into a yacs config for ``DefaultPredictor``."""
-    import d2kd  # noqa: F401  (registers D2KDLazyModel and d2kd's backbones)
-    from .config import add_d2kd_config
-
     y = get_cfg()
     add_d2kd_config(y)
     y.merge_from_file(path)
@@ -175,8 +173,6 @@ def main(argv=None):
     parser.add_argument("--weights", required=True, help="the run's checkpoint (model_final.pth)")
     parser.add_argument("--output", required=True, help="output folder")
     args = parser.parse_args(argv)
-    import d2kd  # noqa: F401
-
     cfg = LazyConfig.load(args.config_file)
     for kind, path in export_student(cfg, args.weights, args.output).items():
         print(f"{kind}: {path}")

@@ -6,128 +6,22 @@ student-only by construction. The distillation meta-architectures move it with t
 (``_apply``) and keep it in ``eval()`` whatever mode the student is put in.
 """
 import logging
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from detectron2.config import LazyConfig, get_cfg, instantiate
-from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
-from .modeling.parts import dense_head_layout, retinanet_head_outputs, roi_box_outputs, rpn_outputs
-from .modeling.records import DenseHeadLayout, DetectorRecord
+from .checkpoint import load_weights
+from .config import build_model_from_config_file
+from .records import TEACHER_PART_TABLE, DenseHeadLayout, DetectorRecord, dense_head_layout, detector_num_classes
+from .runtime import native_bfloat16
 
 logger = logging.getLogger(__name__)
 
-#: Parts of the teacher a distiller may ask for (see ``Distiller.teacher_needs``).
-#: "ssd": an SSD teacher's per-prior logits/deltas/priors, recorded in ``extras["ssd"]``
-#: (:func:`d2kd.modeling.meta_arch.distill_ssd.ssd_outputs`).
-TEACHER_PARTS = ("features", "rpn", "roi", "head", "ssd")
 #: Values of ``Teacher(autocast_dtype=...)``.
 AUTOCAST_DTYPES = (None, "float16", "bfloat16", "auto")
-
-
-def native_bfloat16(device_type: str) -> bool:
-    """Whether ``device_type`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
-    with AVX512-BF16 or AMX (there the quick benchmark's teacher forward ran 1.64x faster than
-    in fp32; elsewhere CPU bfloat16 is emulated and slower than fp32)."""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        cpu = getattr(torch, "cpu", None)  # private probes: absent in some builds -> not native
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
-    return False
-
-
-def resolve_config_file(config_file: str) -> str:
-    """A path as given, else a Detectron2 model-zoo name (``COCO-Detection/…yaml``)."""
-    if os.path.isfile(config_file):
-        return config_file
-    try:
-        from detectron2 import model_zoo
-
-        return model_zoo.get_config_file(config_file)
-    except RuntimeError:
-        raise FileNotFoundError(
-            f"teacher config '{config_file}' is neither a file nor a Detectron2 model-zoo config "
-            f"name; give a path to its .py/.yaml file"
-        ) from None
-
-
-def _is_yacs_yaml(path: str) -> bool:
-    import yaml
-
-    with open(path) as f:
-        content = yaml.safe_load(f) or {}
-    return "_BASE_" in content or "MODEL" in content
-
-
-def build_model_from_config_file(config_file: str, opts: Sequence[str] = ()) -> nn.Module:
-    """Build (but do not load) a model from a LazyConfig ``.py``/``.yaml`` or a yacs ``.yaml``."""
-    path = resolve_config_file(config_file)
-    if path.endswith(".yaml") and _is_yacs_yaml(path):
-        from .config import add_d2kd_config
-
-        cfg = get_cfg()
-        add_d2kd_config(cfg)
-        cfg.merge_from_file(path)
-        cfg.merge_from_list(list(opts))
-        cfg.MODEL.DEVICE = "cpu"
-        return build_model(cfg)
-    cfg = LazyConfig.load(path)
-    cfg = LazyConfig.apply_overrides(cfg, list(opts))
-    return instantiate(cfg.model)
-
-
-def load_weights(
-    model: nn.Module,
-    weights: str,
-    *,
-    what: str,
-    strict: bool = True,
-    allow_pickle: bool = False,
-    opt_in: Optional[str] = None,
-) -> None:
-    """Load ``weights`` with ``DetectionCheckpointer``; mismatches are an error unless not strict.
-
-    ``opt_in``: how the caller's config allows full pickle, named when a file is refused
-    (default: the LazyConfig keys, ``d2kd.checkpoint.OPT_IN_TRAIN``).
-    """
-    if not weights:
-        raise ValueError(f"{what}: no weights file given; a frozen random {what} teaches nothing")
-    if not os.path.isfile(weights) and "://" not in weights:
-        raise FileNotFoundError(f"{what} weights file not found: {weights}")
-    from .checkpoint import ReportingCheckpointer
-
-    # weights_only loading; full pickle only with allow_pickle (see d2kd.checkpoint)
-    checkpointer = ReportingCheckpointer(model, allow_pickle=allow_pickle, **({"opt_in": opt_in} if opt_in else {}))
-    try:
-        checkpointer.load(weights)
-    except Exception as e:
-        raise RuntimeError(f"{what} weights file {weights} could not be read ({type(e).__name__}: {e})") from e
-    incompatible = checkpointer.incompatible
-    if incompatible is None:
-        raise RuntimeError(f"{what} weights file {weights} holds no model state")
-    problems = []
-    if incompatible.incorrect_shapes:
-        shapes = ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in incompatible.incorrect_shapes[:3])
-        problems.append(f"{len(incompatible.incorrect_shapes)} shape mismatches ({shapes})")
-    if incompatible.missing_keys:
-        problems.append(
-            f"{len(incompatible.missing_keys)} missing keys (e.g. {incompatible.missing_keys[:3]})"
-        )
-    if incompatible.unexpected_keys:
-        problems.append(
-            f"{len(incompatible.unexpected_keys)} unexpected keys (e.g. {incompatible.unexpected_keys[:3]})"
-        )
-    if problems:
-        msg = f"{what} weights {weights} do not fit its config: " + "; ".join(problems)
-        if strict:
-            raise RuntimeError(msg + ". Check the config/weights pair (or pass strict=False).")
-        logger.warning(msg)
 
 
 class Teacher:
@@ -176,17 +70,8 @@ class Teacher:
         return self.model.backbone.output_shape()
 
     def parts(self) -> List[str]:
-        """The parts (of ``TEACHER_PARTS``) this teacher's architecture can produce."""
-        parts = ["features"]
-        if getattr(self.model, "proposal_generator", None) is not None:
-            parts.append("rpn")
-        if getattr(self.model, "roi_heads", None) is not None:
-            parts.append("roi")
-        if self.dense_head_layout() is not None:  # not every model with a `head` (FCOS's is not)
-            parts.append("head")
-        if hasattr(self.model, "prior_generator") and hasattr(self.model, "predict"):
-            parts.append("ssd")
-        return parts
+        """The parts (of ``d2kd.records.TEACHER_PARTS``) this teacher's architecture can produce."""
+        return [name for name, part in TEACHER_PART_TABLE.items() if part.present(self.model)]
 
     def dense_head_layout(self) -> Optional[DenseHeadLayout]:
         """The anchor layout of the dense head that ``record`` fills ``head`` from, or None."""
@@ -244,27 +129,10 @@ class Teacher:
     def _record(self, model, images: ImageList, needs: Sequence[str], student: DetectorRecord) -> DetectorRecord:
         features: Dict[str, Tensor] = model.backbone(images.tensor)
         out = DetectorRecord(images=images, features=features, gt_instances=student.gt_instances)
-        if "rpn" in needs:
-            out.rpn, _, _ = rpn_outputs(model.proposal_generator, images, features, proposals=False)
-        if "roi" in needs:
-            # Same sampled boxes as the student: box coordinates are in the shared image frame.
-            out.roi = roi_box_outputs(model.roi_heads, features, student.roi.proposals)
-        if "head" in needs:
-            out.head = retinanet_head_outputs(model, features)
-        if "ssd" in needs:
-            from .modeling.meta_arch.distill_ssd import ssd_outputs
-
-            out.extras["ssd"] = ssd_outputs(model, features)
+        for name, part in TEACHER_PART_TABLE.items():  # the table's order, whatever the order of needs
+            if part.record is not None and name in needs:
+                setattr(out, name, part.record(model, images, features, student))
         return out
-
-
-def detector_num_classes(model: nn.Module) -> Optional[int]:
-    if hasattr(model, "num_classes"):
-        return model.num_classes
-    roi_heads = getattr(model, "roi_heads", None)
-    if roi_heads is not None and hasattr(roi_heads, "num_classes"):
-        return roi_heads.num_classes
-    return None
 
 
 def build_teacher(

@@ -21,8 +21,7 @@ from d2kd.distill.chen2017 import (  # noqa: E402
     bounded_regression_per_box,
     weighted_soft_ce,
 )
-from d2kd.modeling.meta_arch.distill_ssd import SSDRecord  # noqa: E402
-from d2kd.modeling.records import DetectorRecord, ROIRecord, RPNRecord  # noqa: E402
+from d2kd.records import DetectorRecord, ROIRecord, RPNRecord, SSDRecord  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -157,8 +156,8 @@ def _ssd_records(seed=0, N=2, P=30, C=4, num_pos_per_image=(3, 2), with_features
     img = ImageList(torch.zeros(N, 3, 8, 8), [(8, 8)] * N)
     sf = {"expand7": torch.randn(N, 3, 4, 4, generator=g, requires_grad=True)} if with_features else {}
     tf = {"conv4_3": torch.randn(N, 5, 4, 4, generator=g)} if with_features else {}
-    return (DetectorRecord(images=img, features=sf, extras={"ssd": s}),
-            DetectorRecord(images=img, features=tf, extras={"ssd": t}))
+    return (DetectorRecord(images=img, features=sf, ssd=s),
+            DetectorRecord(images=img, features=tf, ssd=t))
 
 
 def _ssd_distiller(**kw):
@@ -173,7 +172,7 @@ def test_ssd_repo_total_equals_reference_multibox_loss(T, m, mu, lam):
     from d2kd.modeling.meta_arch.ssd import multibox_loss
 
     student, teacher = _ssd_records()
-    s, t = student.extras["ssd"], teacher.extras["ssd"]
+    s, t = student.ssd, teacher.ssd
     d = _ssd_distiller(temperature=T, margin=m, mu=mu, lam=lam)
     terms = d(student, teacher)
     assert set(terms) == {"soft", "bounded", "hint"}
@@ -192,7 +191,7 @@ def test_ssd_repo_total_equals_reference_multibox_loss(T, m, mu, lam):
 
 def test_ssd_terms_normalised_by_batch_num_pos_and_grads_reach_only_student():
     student, teacher = _ssd_records()
-    s, t = student.extras["ssd"], teacher.extras["ssd"]
+    s, t = student.ssd, teacher.ssd
     t.logits.requires_grad_()  # a teacher tensor that could take a gradient must not get one
     terms = _ssd_distiller()(student, teacher)
     sel = s.pos_mask | s.neg_mask
@@ -216,7 +215,7 @@ def test_ssd_no_positives_gives_finite_zeros():
 
 def test_ssd_paper_variant_terms_by_independent_route():
     student, teacher = _ssd_records(with_features=True, seed=3)
-    s, t = student.extras["ssd"], teacher.extras["ssd"]
+    s, t = student.ssd, teacher.ssd
     d = _ssd_distiller(variant="paper", student_hint="expand7", teacher_hint="conv4_3", margin=0.1)
     d.adapters["hint"] = nn.Conv2d(3, 5, 1)
     terms = d(student, teacher)

@@ -90,7 +90,7 @@ def fake_coco(tmp_path_factory):
 def teacher_weights(tmp_path_factory):
     """Random weights for a teacher (model-zoo yacs config + the config's opts), saved once per
     distinct teacher (the _adl and _adl_semi configs of a pair share it)."""
-    from d2kd.teacher import build_model_from_config_file
+    from d2kd.config import build_model_from_config_file
 
     cache = {}
 

@@ -111,7 +111,7 @@ def test_teacher_record_matches_teacher_forward_and_gradients_reach_only_student
     batch = _batch()
     with EventStorage(0):
         losses = model(batch)
-    rec = captured["rec"].extras["ssd"]
+    rec = captured["rec"].ssd
     t = model.teacher.model
     with torch.no_grad():
         logits, deltas = t.predict(t.extract_features(t.preprocess_image(batch)))

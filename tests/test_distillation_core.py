@@ -204,7 +204,7 @@ def test_warmup_multiplies_kd_terms_by_zero_but_keeps_them(teacher_weights):
 def test_feature_imitation_value_by_hand():
     from detectron2.layers import ShapeSpec
 
-    from d2kd.modeling.records import DetectorRecord
+    from d2kd.records import DetectorRecord
 
     d = FeatureImitation(in_features=["p3"])
 
@@ -377,7 +377,7 @@ def test_teacher_autocast_dtype(teacher_weights):
     model = instantiate(cfg.model).train()
     batch = one_batch(cfg)
     student_images, teacher_images = model.preprocess_pair(batch)
-    from d2kd.modeling.records import DetectorRecord
+    from d2kd.records import DetectorRecord
 
     record = model.teacher.record(teacher_images, model.teacher_needs, DetectorRecord(images=student_images, features={}))
     assert record.features["p3"].dtype == torch.bfloat16 and not record.features["p3"].requires_grad
@@ -395,18 +395,18 @@ def test_teacher_autocast_dtype(teacher_weights):
 def test_teacher_autocast_auto_follows_native_bfloat16(teacher_weights, monkeypatch, native):
     """"auto" runs the teacher in bfloat16 exactly where the device computes it natively (here the
     CPU probe is patched both ways, so the test does not depend on this machine's CPU)."""
-    import d2kd.teacher as teacher_mod
+    import d2kd.runtime as runtime
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert teacher_mod.native_bfloat16("cpu") is native
-    assert teacher_mod.native_bfloat16("mps") is False
+    assert runtime.native_bfloat16("cpu") is native
+    assert runtime.native_bfloat16("mps") is False
     cfg = load_cfg("retinanet", teacher_weights)
     cfg.model.teacher.autocast_dtype = "auto"
     model = instantiate(cfg.model).train()
     assert model.teacher.compute_dtype("cpu") == (torch.bfloat16 if native else None)
     student_images, teacher_images = model.preprocess_pair(one_batch(cfg))
-    from d2kd.modeling.records import DetectorRecord
+    from d2kd.records import DetectorRecord
 
     record = model.teacher.record(teacher_images, model.teacher_needs, DetectorRecord(images=student_images, features={}))
     assert record.features["p3"].dtype == (torch.bfloat16 if native else torch.float32)

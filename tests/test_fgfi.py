@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import d2kd  # noqa: E402,F401
 from d2kd.distill import FGFI  # noqa: E402
 from d2kd.distill.fgfi import fgfi_masks, fgfi_masks_batch, init_adapter_weight, pairwise_iou_plus_one  # noqa: E402
-from d2kd.modeling.records import DetectorRecord, RPNRecord  # noqa: E402
+from d2kd.records import DetectorRecord, RPNRecord  # noqa: E402
 
 torch.set_num_threads(1)
 

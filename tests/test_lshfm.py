@@ -17,7 +17,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
 from d2kd.distill import LSHFM  # noqa: E402
-from d2kd.modeling.records import DenseHeadRecord, DetectorRecord, ROIRecord  # noqa: E402
+from d2kd.records import DenseHeadRecord, DetectorRecord, ROIRecord  # noqa: E402
 
 torch.set_num_threads(1)
 

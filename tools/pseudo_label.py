@@ -125,7 +125,7 @@ def main(args):
         )
         num_classes = getattr(model, "num_classes", None) or model.roi_heads.num_classes
     else:
-        from d2kd.teacher import build_model_from_config_file
+        from d2kd.config import build_model_from_config_file
 
         num_classes = getattr(build_model_from_config_file(args.config_file, args.opts), "num_classes", None)
     if meta_name is None and num_classes == 80:

@@ -39,6 +39,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ..checkpoint import load_weights
+from ..config import add_d2kd_config, build_model_from_config_file, is_yacs_yaml, resolve_config_file
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -493,13 +496,9 @@ def teacher_test_resize(config_file: str, opts: Sequence[str] = ()) -> Tuple[int
     yacs: ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``; LazyConfig: the ``ResizeShortestEdge`` of
     ``dataloader.test.mapper.augmentations``. Falls back to Detectron2's (800, 1333).
     """
-    from ..teacher import _is_yacs_yaml, resolve_config_file
-
     path = resolve_config_file(config_file)
-    if path.endswith(".yaml") and _is_yacs_yaml(path):
+    if path.endswith(".yaml") and is_yacs_yaml(path):
         from detectron2.config import get_cfg
-
-        from ..config import add_d2kd_config
 
         cfg = get_cfg()
         add_d2kd_config(cfg)
@@ -529,12 +528,10 @@ def build_annotator(
     max_size: Optional[int] = None,
 ):
     """``(model, mapper)``: the teacher in eval mode on ``device`` (built with
-    :func:`d2kd.teacher.build_model_from_config_file` and :func:`d2kd.teacher.load_weights`),
+    :func:`d2kd.config.build_model_from_config_file` and :func:`d2kd.checkpoint.load_weights`),
     and a test-mode ``DatasetMapper`` resizing like the teacher's test config (or as given)."""
     import detectron2.data.transforms as T
     from detectron2.data import DatasetMapper
-
-    from ..teacher import build_model_from_config_file, load_weights
 
     model = build_model_from_config_file(config_file, opts)
     load_weights(model, weights, what=f"teacher ({config_file})")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from detectron2.utils.registry import Registry
 
-from ..modeling.records import DetectorRecord
+from ..records import DetectorRecord
 
 DISTILLER_REGISTRY = Registry("DISTILLER")
 DISTILLER_REGISTRY.__doc__ = """

@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import DISTILLER_REGISTRY, Distiller, check_same_spatial_size, float32, zero_loss
+from ..records import check_same_priors, check_ssd_prior_layout
+from .base import DISTILLER_REGISTRY, Distiller, check_levels, check_same_spatial_size, float32, zero_loss
 
 __all__ = ["Chen2017", "weighted_soft_ce", "bounded_regression_batch", "bounded_regression_per_box"]
 
@@ -175,8 +176,6 @@ class Chen2017(Distiller):
                 f"students; {type(student).__name__} records {sorted(parts)}")
 
     def _bind_ssd(self, student, teacher) -> None:
-        from ..modeling.meta_arch.distill_ssd import check_ssd_prior_layout
-
         self.on = "ssd"
         self.variant = self.variant or "ssd_repo"
         check_ssd_prior_layout("Chen2017", student, teacher.model)
@@ -237,8 +236,6 @@ class Chen2017(Distiller):
         if not levels:
             raise ValueError(f"Chen2017: no common hint level: student has {dict((k, v.stride) for k, v in s_shapes.items())}, "
                              f"teacher {dict((k, v.stride) for k, v in t_shapes.items())} (name: stride)")
-        from .base import check_levels
-
         check_levels("Chen2017", levels, s_shapes, t_shapes)
         self.hint_features = list(levels)
         for level in levels:
@@ -277,9 +274,7 @@ class Chen2017(Distiller):
                                 temperature=self.temperature)
 
     def _forward_ssd(self, student, teacher) -> Dict[str, Tensor]:
-        from ..modeling.meta_arch.distill_ssd import check_same_priors
-
-        s, t = student.extras["ssd"], teacher.extras["ssd"]
+        s, t = student.ssd, teacher.ssd
         check_same_priors("Chen2017", s, t)
         t_logits, t_deltas = t.logits.detach(), t.deltas.detach()
         pos, sel = s.pos_mask, s.pos_mask | s.neg_mask

@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..records import detector_num_classes
 from .base import DISTILLER_REGISTRY, Distiller, check_levels, check_same_spatial_size, float32, zero_loss
 from .gkd_prototypes import PGMData, PrototypeGenerator
 
@@ -306,8 +307,6 @@ class GKD(Distiller):
 
     # ---- building -----------------------------------------------------------------------------
     def bind(self, student, teacher) -> None:
-        from ..teacher import detector_num_classes
-
         parts = getattr(student, "student_parts", ())
         self.on = "roi" if "roi" in parts else "head" if "head" in parts else None
         if self.on is None:

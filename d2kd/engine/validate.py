@@ -6,6 +6,8 @@ from omegaconf import OmegaConf
 
 from detectron2.config import LazyConfig
 
+from ..data.builtin import check_dataset_available
+
 
 class ConfigError(ValueError):
     """A problem with the experiment's config or command line, said in one line."""
@@ -145,8 +147,6 @@ def _dataset_names(node):
 
 def validate_config(cfg, args) -> None:
     """Datasets registered and present, weight files present: before any process starts."""
-    from ..data.builtin import check_dataset_available
-
     dl = cfg.get("dataloader", {})
     sections = ["test"] if args.eval_only else ["train", "test"]
     for section in sections:

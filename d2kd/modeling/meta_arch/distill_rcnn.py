@@ -3,10 +3,10 @@ from typing import Dict, List, Sequence
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from detectron2.utils.events import get_event_storage
 
+from ...records import DetectorRecord, roi_heads_training, rpn_outputs
 from ...teacher import Teacher
-from ..parts import roi_heads_training, rpn_outputs
-from ..records import DetectorRecord
 from .distillation import DistillationMixin
 
 
@@ -41,9 +41,7 @@ class DistillationRCNN(DistillationMixin, GeneralizedRCNN):
         rpn, proposals, proposal_losses = rpn_outputs(self.proposal_generator, images, features, gt_instances)
         roi, detector_losses = roi_heads_training(self.roi_heads, features, proposals, gt_instances)
         if self.vis_period > 0:
-            from detectron2.utils.events import get_event_storage
-
-            if get_event_storage().iter % self.vis_period == 0:
+            if get_event_storage().iter % self.vis_period == 0:  # as GeneralizedRCNN.forward
                 self.visualize_training(batched_inputs, proposals)
         student = DetectorRecord(images=images, features=features, gt_instances=gt_instances, rpn=rpn, roi=roi)
         losses = self.scale_detector_losses({**detector_losses, **proposal_losses})

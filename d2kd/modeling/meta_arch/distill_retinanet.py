@@ -7,9 +7,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
+from ...records import DetectorRecord, retinanet_head_outputs
 from ...teacher import Teacher
-from ..parts import retinanet_head_outputs
-from ..records import DetectorRecord
 from .distillation import DistillationMixin
 
 

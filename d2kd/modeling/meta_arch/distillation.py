@@ -15,29 +15,19 @@ from detectron2.structures import ImageList
 
 from ...checkpoint import OPT_IN_YACS_TEACHER
 from ...distill.base import Distiller
-from ...teacher import TEACHER_PARTS, Teacher
-from ..parts import check_same_dense_head_layout, dense_head_layout
-from ..records import DetectorRecord
+from ...distill.build import build_distillers_from_cfg
+from ...records import (
+    TEACHER_PART_TABLE,
+    TEACHER_PARTS,
+    DetectorRecord,
+    check_same_dense_head_layout,
+    dense_head_layout,
+    detector_num_classes,
+)
+from ...runtime import current_iteration
+from ...teacher import Teacher, build_teacher
 
 logger = logging.getLogger(__name__)
-
-#: What each teacher part is, for messages.
-PART_MEANING = {
-    "features": "backbone feature maps",
-    "rpn": "an RPN's per-anchor objectness and deltas",
-    "roi": "a box head's ROI logits and deltas",
-    "head": "a RetinaNet-style dense head's per-anchor class logits and box deltas",
-    "ssd": "an SSD head's per-prior logits and deltas",
-}
-
-
-def current_iteration() -> int:
-    from detectron2.utils.events import get_event_storage
-
-    try:
-        return get_event_storage().iter
-    except AssertionError:  # outside a trainer (e.g. a unit test): schedules see iteration 0
-        return 0
 
 
 class DistillationMixin:
@@ -77,9 +67,6 @@ class DistillationMixin:
     @classmethod
     def from_config(cls, cfg):
         """yacs: the student's own arguments plus ``MODEL.DISTILL``'s teacher and distillers."""
-        from ...distill.build import build_distillers_from_cfg
-        from ...teacher import build_teacher
-
         ret = cls.student_class.from_config(cfg)
         t = cfg.MODEL.DISTILL.TEACHER
         ret["teacher"] = build_teacher(
@@ -94,8 +81,6 @@ class DistillationMixin:
 
     # ---- checks at build time -----------------------------------------------------------------
     def _check_teacher(self):
-        from ...teacher import detector_num_classes
-
         s, t = detector_num_classes(self), self.teacher.num_classes
         if s is not None and t is not None and s != t:
             raise ValueError(
@@ -118,7 +103,7 @@ class DistillationMixin:
             hint = (f"; {type(d).__name__} runs without it with {' and '.join(dict.fromkeys(workaround))}"
                     if workaround else "; pick a teacher that has it")
             raise ValueError(
-                f"{type(d).__name__} needs teacher outputs {sorted(lacking)} ({', '.join(PART_MEANING[p] for p in sorted(lacking))}) "
+                f"{type(d).__name__} needs teacher outputs {sorted(lacking)} ({', '.join(TEACHER_PART_TABLE[p].meaning for p in sorted(lacking))}) "
                 f"that the teacher ({type(self.teacher.model).__name__}) does not have (it has "
                 f"{self.teacher.parts()}){hint}"
             )

@@ -1,0 +1,107 @@
+"""RetinaNet-style dense-head records: per-anchor class logits and box deltas of a batch, the
+anchor layout two heads must share to be compared anchor by anchor, and the code that fills them.
+
+Conventions are Detectron2's: per-level lists in the order of the head's ``in_features``,
+anchors flattened as (N, Hi*Wi*A, ...), background = the LAST class index (K) in ``gt_labels``.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import Boxes
+
+__all__ = [
+    "DenseHeadRecord",
+    "DenseHeadLayout",
+    "retinanet_head_outputs",
+    "dense_head_layout",
+    "check_same_dense_head_layout",
+]
+
+
+@dataclass
+class DenseHeadRecord:
+    anchors: List[Boxes]  # per level
+    cls_logits: List[Tensor]  # per level, (N, Hi*Wi*A, K) sigmoid logits
+    box_deltas: List[Tensor]  # per level, (N, Hi*Wi*A, 4)
+    cls_features: List[Tensor]  # per level, (N, C, Hi, Wi): the classification tower's output
+    num_anchors: int = 0  # A, anchors per location
+    gt_labels: Optional[Tensor] = None  # (N, R): class id, K = background, -1 = ignored
+    gt_boxes: Optional[Tensor] = None  # (N, R, 4)
+
+
+@dataclass
+class DenseHeadLayout:
+    """Where a dense head's per-anchor outputs sit: what two heads must share for their
+    ``DenseHeadRecord`` tensors to be compared element by element."""
+
+    in_features: List[str]  # the head's levels
+    strides: List[int]  # per level
+    cell_anchors: List[Tensor]  # per level, (A, 4): the anchors of one location, in channel order
+
+    @property
+    def num_anchors(self) -> List[int]:
+        return [len(a) for a in self.cell_anchors]
+
+
+def retinanet_head_outputs(model, features: Dict[str, Tensor]) -> DenseHeadRecord:
+    """``RetinaNetHead.forward`` (per level ``cls_score(cls_subnet(x))``, ``bbox_pred(bbox_subnet(x))``)
+    keeping the classification tower output, then ``_transpose_dense_predictions``."""
+    head = model.head
+    feats = [features[f] for f in model.head_in_features]
+    cls_features, logits, deltas = [], [], []
+    for x in feats:
+        tower = head.cls_subnet(x)
+        cls_features.append(tower)
+        logits.append(head.cls_score(tower))
+        deltas.append(head.bbox_pred(head.bbox_subnet(x)))
+    num_anchors = logits[0].shape[1] // model.num_classes
+    logits, deltas = model._transpose_dense_predictions([logits, deltas], [model.num_classes, 4])
+    anchors = model.anchor_generator(feats)
+    return DenseHeadRecord(
+        anchors=anchors,
+        cls_logits=logits,
+        box_deltas=deltas,
+        cls_features=cls_features,
+        num_anchors=num_anchors,
+    )
+
+
+def dense_head_layout(model) -> Optional[DenseHeadLayout]:
+    """The anchor layout of ``model``'s dense head if :func:`retinanet_head_outputs` records it,
+    else None. Only Detectron2's ``RetinaNet`` (and subclasses) qualify: other dense detectors
+    with a ``head`` (e.g. ``FCOS``: one anchor point per location, centerness-weighted scores)
+    produce outputs that methods written for per-anchor sigmoid logits cannot compare."""
+    if not isinstance(model, RetinaNet):
+        return None
+    generator = model.anchor_generator
+    return DenseHeadLayout(
+        in_features=list(model.head_in_features),
+        strides=[int(s) for s in generator.strides],
+        cell_anchors=[a.detach().cpu().float() for a in generator.cell_anchors],
+    )
+
+
+def check_same_dense_head_layout(method: str, student: DenseHeadLayout, teacher: DenseHeadLayout) -> None:
+    """Per-anchor outputs of two heads are comparable element by element only with the same
+    anchors per location, at the same strides, in the same channel order. The error names both."""
+    if student.num_anchors != teacher.num_anchors or student.strides != teacher.strides:
+        raise ValueError(
+            f"{method} compares the dense heads anchor by anchor: the student has "
+            f"{student.num_anchors} anchors per location at strides {student.strides}, the teacher "
+            f"{teacher.num_anchors} at strides {teacher.strides}; give the teacher and the student the "
+            f"same anchor_generator (sizes, aspect_ratios, strides), or use a method that compares "
+            f"features only (e.g. FeatureImitation, FGFI)"
+        )
+    for level, (cs, ct) in enumerate(zip(student.cell_anchors, teacher.cell_anchors)):
+        # Same shapes in the same order, else channel a of the teacher is another box than
+        # channel a of the student (e.g. Detectron1's aspect ratios (1, 2, 0.5) vs (0.5, 1, 2)).
+        if not torch.allclose(cs, ct, atol=1e-3):
+            raise ValueError(
+                f"{method}: head level {level} has cell anchors {cs.round().tolist()} in the student "
+                f"but {ct.round().tolist()} in the teacher; anchor sizes, aspect ratios and their "
+                f"order must match"
+            )
