@@ -3,8 +3,8 @@
 The SSD-KD reference (docs/methods.md §1.2) distils per prior: the teacher (VGG16-SSD300 re-headed to
 the student's 3000-prior layout, ``VGG16SSD(layout="aligned")``) and the student
 (MobileNetV2-SSDLite) predict on the *same* priors, so their logits/deltas are compared row by
-row. Training: the student's SSD multibox loss + distillers; the student record's ``ssd`` slot
-is its :class:`d2kd.records.SSDRecord`. Inference: the plain
+row. Training: the student's own ``SSD.training_step`` (SSD multibox loss) + distillers; the
+student record's ``ssd`` slot is its :class:`d2kd.records.SSDRecord`. Inference: the plain
 student ``SSD``; the teacher is never run in eval.
 """
 from typing import Dict, List, Sequence
@@ -15,7 +15,7 @@ from detectron2.config import configurable
 from detectron2.layers import move_device_like
 from detectron2.modeling import META_ARCH_REGISTRY
 
-from ...records import DetectorRecord, ssd_outputs
+from ...records import DetectorRecord
 from ...teacher import Teacher
 from .distillation import DistillationMixin
 from .ssd import SSD
@@ -54,28 +54,12 @@ class DistillationSSD(DistillationMixin, SSD):
             return super().forward(batched_inputs)
         if not all("instances" in x for x in batched_inputs):
             raise ValueError("DistillationSSD training needs 'instances' in every input")
-        # SSD.forward_training, step by step, on the student's half of the paired images.
         self.before_distillation_step()
         images, teacher_images = self.preprocess_pair(batched_inputs)
         features = self.extract_features(images)
-        ssd = ssd_outputs(self, features)
-        if ssd.logits.shape[1] != ssd.priors.shape[0]:
-            raise RuntimeError(f"SSD: head predicts {ssd.logits.shape[1]} priors, generator made "
-                               f"{ssd.priors.shape[0]}")
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        ssd.labels, ssd.targets = self.match(gt_instances, ssd.priors, tuple(images.tensor.shape[-2:]))
-        ssd.neg_mask = self.mine_hard_negatives(ssd.logits, ssd.labels)
-        ssd.pos_mask = ssd.labels > 0
-        ssd.num_pos = int(ssd.pos_mask.sum())
-        losses = self.losses(ssd.logits, ssd.deltas, ssd.labels, ssd.targets, ssd.neg_mask)
+        ssd, losses = self.training_step(images, features, gt_instances)  # the plain SSD's step
         losses = self.scale_detector_losses(losses)
-        from detectron2.utils.events import get_event_storage
-
-        try:
-            get_event_storage().put_scalar("ssd/num_pos_per_image", ssd.num_pos / len(batched_inputs))
-        except AssertionError:  # no EventStorage outside a trainer
-            pass
-        student = DetectorRecord(images=images, features=features, gt_instances=gt_instances,
-                                 ssd=ssd)
+        student = DetectorRecord(images=images, features=features, gt_instances=gt_instances, ssd=ssd)
         losses.update(self.distillation_losses(student, teacher_images))
         return losses

@@ -26,8 +26,10 @@ Conventions (read this before touching the tensors)
 
 The training forward is split so that a distillation subclass can reuse every step:
 ``preprocess_image`` -> ``extract_features`` -> ``predict`` -> ``get_priors`` -> ``match`` ->
-``mine_hard_negatives`` -> ``losses``; ``forward_training`` runs them all and returns
-``(losses, record)`` with every intermediate (see ``SSD.forward_training``).
+``mine_hard_negatives`` -> ``losses``; ``training_step`` runs the steps after the backbone and
+returns the batch's :class:`d2kd.records.SSDRecord` with the losses (``DistillationSSD`` calls
+it too), ``forward_training`` runs them all and returns ``(losses, record)`` with every
+intermediate (see ``SSD.forward_training``).
 """
 import logging
 import math
@@ -43,6 +45,9 @@ from detectron2.layers import batched_nms, get_norm, move_device_like
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+
+from ...records.ssd import SSDRecord, ssd_outputs
+from ...runtime import put_scalar
 
 __all__ = [
     "SSD",
@@ -539,27 +544,30 @@ class SSD(nn.Module):
             raise ValueError("SSD training needs 'instances' in every input")
         images = self.preprocess_image(batched_inputs)
         features = self.extract_features(images)
-        logits, deltas = self.predict(features)
-        priors = self.get_priors(features)
-        if logits.shape[1] != priors.shape[0]:
-            raise RuntimeError(f"SSD: head predicts {logits.shape[1]} priors, generator made "
-                               f"{priors.shape[0]}")
-        gt = [x["instances"].to(self.device) for x in batched_inputs]
-        labels, targets = self.match(gt, priors, tuple(images.tensor.shape[-2:]))
-        neg_mask = self.mine_hard_negatives(logits, labels)
-        losses = self.losses(logits, deltas, labels, targets, neg_mask)
-        pos_mask = labels > 0
-        num_pos = int(pos_mask.sum())
-        try:
-            from detectron2.utils.events import get_event_storage
-
-            get_event_storage().put_scalar("ssd/num_pos_per_image", num_pos / len(batched_inputs))
-        except AssertionError:  # no EventStorage outside a trainer
-            pass
-        record = dict(images=images, features=features, logits=logits, deltas=deltas,
-                      priors=priors, labels=labels, targets=targets, pos_mask=pos_mask,
-                      neg_mask=neg_mask, num_pos=num_pos)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        ssd, losses = self.training_step(images, features, gt_instances)
+        record = dict(images=images, features=features, logits=ssd.logits, deltas=ssd.deltas,
+                      priors=ssd.priors, labels=ssd.labels, targets=ssd.targets, pos_mask=ssd.pos_mask,
+                      neg_mask=ssd.neg_mask, num_pos=ssd.num_pos)
         return losses, record
+
+    def training_step(self, images: ImageList, features: Dict[str, Tensor],
+                      gt_instances: List[Instances]) -> Tuple[SSDRecord, Dict[str, Tensor]]:
+        """The training step after the backbone: head outputs and priors, GT matching, hard
+        negative mining and the multibox loss. Returns the step's :class:`SSDRecord` (with the
+        matching and the mining masks) and the losses. ``DistillationSSD`` runs this same step on
+        the student's half of its paired images."""
+        ssd = ssd_outputs(self, features)
+        if ssd.logits.shape[1] != ssd.priors.shape[0]:
+            raise RuntimeError(f"SSD: head predicts {ssd.logits.shape[1]} priors, generator made "
+                               f"{ssd.priors.shape[0]}")
+        ssd.labels, ssd.targets = self.match(gt_instances, ssd.priors, tuple(images.tensor.shape[-2:]))
+        ssd.neg_mask = self.mine_hard_negatives(ssd.logits, ssd.labels)
+        losses = self.losses(ssd.logits, ssd.deltas, ssd.labels, ssd.targets, ssd.neg_mask)
+        ssd.pos_mask = ssd.labels > 0
+        ssd.num_pos = int(ssd.pos_mask.sum())
+        put_scalar("ssd/num_pos_per_image", ssd.num_pos / len(gt_instances))
+        return ssd, losses
 
     def forward_inference(self, batched_inputs: List[Dict[str, Tensor]], do_postprocess=True):
         images = self.preprocess_image(batched_inputs)
