@@ -500,6 +500,7 @@ def init_checkpoint_fit(model, incompatible) -> Optional[str]:
         f"{len(incompatible.incorrect_shapes)} shape mismatches{', e.g. ' + '; '.join(shapes) if shapes else ''})"
     )
 
+
 # ---- loading a model's weights, with a report of what did not fit (a teacher, a pseudo-labeller)
 def load_weights(
     model: nn.Module,
