@@ -38,7 +38,6 @@ import os
 import pickle
 import pickletools
 import re
-import time
 from typing import List, Optional
 
 import torch
@@ -50,10 +49,6 @@ from detectron2.utils.file_io import PathManager
 from .runtime import unwrap_model
 
 logger = logging.getLogger(__name__)
-
-#: Test-only: seconds to sleep between writing a checkpoint's temporary file and renaming it,
-#: so that a test can kill the process exactly while a checkpoint is being written.
-DEBUG_DELAY_ENV = "D2KD_DEBUG_CHECKPOINT_DELAY"
 
 _TMP_RE = re.compile(r"\.tmp\.\d+$")
 
@@ -69,9 +64,6 @@ def _atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        delay = float(os.environ.get(DEBUG_DELAY_ENV, "0") or 0)
-        if delay > 0:
-            time.sleep(delay)
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path) or ".")
     except Exception as e:

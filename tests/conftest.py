@@ -87,15 +87,16 @@ TINY = [
 TINY_2PROC = [*TINY, "dataloader.train.total_batch_size=4"]
 
 
-def run_train_net(args, timeout=300, env=None):
-    """``python3 train_net.py ARGS`` from the repository root; returns the CompletedProcess."""
+def run_train_net(args, timeout=300, env=None, script="train_net.py"):
+    """``python3 train_net.py ARGS`` (or another ``script`` with its command line) from the
+    repository root; returns the CompletedProcess."""
     import subprocess
     import sys
 
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), *args],
+        [sys.executable, os.path.join(REPO, script), *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from conftest import D2_MISSING, REPO, TINY, save_random_weights
+from fault_injection import TRAIN_NET_WITH_FAULTS, fault_env
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -22,9 +23,9 @@ MAX_ITER = 12
 WARMUP = 7  # KD multiplied by 0 before iteration 7: the resumed runs must respect it
 
 
-def _args(out, teacher, resume):
+def _args(out, teacher, resume, script):
     return [
-        sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG,
+        sys.executable, script, "--config-file", CONFIG,
         *(["--resume"] if resume else []), *TINY,
         f"train.max_iter={MAX_ITER}", "train.checkpointer.period=3", "train.checkpointer.max_to_keep=10",
         "train.eval_teacher=False", f"model.teacher.weights={teacher}", f"train.output_dir={out}",
@@ -33,11 +34,12 @@ def _args(out, teacher, resume):
 
 
 def _start(out, teacher, resume, log, delay=0.0):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    if delay:
-        env["D2KD_DEBUG_CHECKPOINT_DELAY"] = str(delay)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **fault_env(checkpoint_delay=delay))
+    # With a delay: train_net.py with every checkpoint write slowed down (tests/fault_injection.py)
+    script = TRAIN_NET_WITH_FAULTS if delay else os.path.join(REPO, "train_net.py")
+    args = _args(out, teacher, resume, script)
     f = open(log, "w")
-    proc = subprocess.Popen(_args(out, teacher, resume), cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     proc._log = f
     return proc
 
@@ -117,6 +119,7 @@ def test_kill_9_anywhere_then_resume(tmp_path):
     proc = _start(out, teacher, False, log1, delay=1.0)
     _wait_for(proc, lambda: glob.glob(os.path.join(out, "model_0000005.pth.tmp.*")), what="the 2nd checkpoint write")
     _kill(proc)
+    assert "model_0000002.pth is written, renamed into place in 1.0 s" in open(log1).read()  # the delay is on
     partial = glob.glob(os.path.join(out, "*.tmp.*"))
     assert partial and not os.path.exists(os.path.join(out, "model_0000005.pth"))
     assert _tagged(out).endswith("model_0000002.pth")  # never the partial one

@@ -206,7 +206,6 @@ class FGFI(Distiller):
         self.adapters = nn.ModuleDict()
         self.source = None  # "rpn" or "head"
         self._anchor_levels: List[str] = []
-        self._last_mask_counts: Dict[str, int] = {}
 
     # ---- building ---------------------------------------------------------------------------
     def bind(self, student, teacher) -> None:
@@ -262,19 +261,16 @@ class FGFI(Distiller):
     def forward(self, student, teacher) -> Dict[str, Tensor]:
         with torch.no_grad():
             masks = self.masks(student)
-        total, count, counts = None, 0, {}
+        total, count = None, 0
         for k, level in enumerate(self.in_features):
             s, t = student.features[level], teacher.features[level]
             check_same_spatial_size("FGFI", level, s, t)
             mask = masks[k]  # (N, H, W)
-            counts[level] = mask.sum()
-            count = count + counts[level]
+            count = count + mask.sum()
             diff = self.adapt_at(level, s, mask) - float32(t).permute(0, 2, 3, 1)[mask]  # (M, C_t)
             # Σ over the M mask cells and the channels (the spatial normaliser is applied below)
             term = (diff**2).sum()
             total = term if total is None else total + term
-        # mask cells per level in the last batch (diagnostics, tests)
-        self._last_mask_counts = {k: int(v) for k, v in counts.items()}
         if float(count) == 0:  # no GT in the batch: nothing to imitate, a graph-keeping zero
             return {"imitation": sum(zero_loss(p) for p in self.adapters.parameters())}
         return {"imitation": total / (2.0 * count)}

@@ -96,33 +96,3 @@ class ExportStudentHook(HookBase):
         paths = export_student(self._cfg, final, os.path.join(out, "student"))
         logger.info("Exported the student for DefaultPredictor: %s", paths["predictor"])
 
-
-#: Test-only fault injection: raise at this iteration (on the rank in ``D2KD_DEBUG_RAISE_RANK``,
-#: default every rank), to check that a failing process ends the whole job instead of hanging.
-DEBUG_RAISE_ENV = "D2KD_DEBUG_RAISE_AT_ITER"
-DEBUG_RAISE_RANK_ENV = "D2KD_DEBUG_RAISE_RANK"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by :class:`FaultInjectionHook` (tests only)."""
-
-
-class FaultInjectionHook(HookBase):
-    def __init__(self, iteration: int, rank=None):
-        self.iteration = iteration
-        self.rank = rank
-
-    def before_step(self):
-        if self.trainer.iter == self.iteration and (self.rank is None or comm.get_rank() == self.rank):
-            raise InjectedFault(
-                f"injected fault at iteration {self.iteration} on rank {comm.get_rank()} ({DEBUG_RAISE_ENV})"
-            )
-
-
-def fault_injection_hooks():
-    at = os.environ.get(DEBUG_RAISE_ENV, "")
-    if not at:
-        return []
-    rank = os.environ.get(DEBUG_RAISE_RANK_ENV, "")
-    logger.warning("Fault injection on: %s=%s %s=%s", DEBUG_RAISE_ENV, at, DEBUG_RAISE_RANK_ENV, rank)
-    return [FaultInjectionHook(int(at), int(rank) if rank else None)]

@@ -26,7 +26,7 @@ from detectron2.utils.events import EventStorage
 from ..checkpoint import AtomicCheckpointer, init_checkpoint_fit
 from ..runtime import unwrap_model
 from .amp import AutocastTrainer, resolve_amp_dtype
-from .hooks import DistillerScheduleCheck, ExportStudentHook, TeacherEvalHook, fault_injection_hooks
+from .hooks import DistillerScheduleCheck, ExportStudentHook, TeacherEvalHook
 from .nonfinite import NonFiniteGuard
 from .validate import ConfigError
 
@@ -149,7 +149,6 @@ class Trainer(DefaultTrainer):
             ret.append(DistillerScheduleCheck())  # first: its warning comes before any long work
         if hasattr(model, "teacher") and cfg.train.get("eval_teacher", False):
             ret.append(TeacherEvalHook(lambda teacher: self.test(self.cfg, teacher)))
-        ret.extend(fault_injection_hooks())
         if comm.is_main_process():
             ret.append(
                 hooks.PeriodicCheckpointer(
