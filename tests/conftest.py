@@ -13,6 +13,7 @@ such a skip is an error instead: a CI run can never pass with the suite hollowed
 missing or broken detectron2 install.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -71,6 +72,23 @@ def d2():
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tools' modules (the benchmark harness tools/benchmarking/, tools/visualize_*.py, ...) are
+# not part of the installed d2kd: a tool script finds them with tools/ first on sys.path; the
+# tests import them the same way.
+TOOLS = os.path.join(REPO, "tools")
+if TOOLS not in sys.path:
+    sys.path.append(TOOLS)
+
+
+def tool_env(**extra) -> dict:
+    """``os.environ`` (plus ``extra``) for a subprocess that runs a tools/ script: the tools
+    import d2kd as the installed package (``pip install -e .``) and edit no sys.path; this puts
+    the clone under test first on PYTHONPATH, so the script imports this clone's d2kd whatever
+    the environment installed."""
+    path = os.pathsep.join([REPO, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
 
 #: Overrides that make any shapes config a seconds-long CPU run.
 TINY = [

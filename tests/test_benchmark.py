@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import D2_MISSING, REPO
+from conftest import D2_MISSING, REPO, tool_env
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -30,7 +30,7 @@ def _benchmark(tmp, *extra, timeout=900):
            "--output", str(tmp / "bench"), "--teacher-root", str(tmp / "teachers"),
            "--overhead-iters", "2", "--overhead-warmup", "1", "--memory-iters", "1", "--no-cost",
            "--heartbeat", "1000", *MICRO, *extra]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -133,7 +133,7 @@ def test_parts_recorded_names_every_teacher_output():
     (which the report missed: Chen 2017 on SSD was listed as running the backbone only)."""
     import torch
 
-    from d2kd.benchmark.measure import parts_recorded
+    from benchmarking.measure import parts_recorded
     from d2kd.modeling.records import DetectorRecord
 
     record = DetectorRecord(images=None, features={"p3": torch.zeros(1, 2, 4, 4)})
@@ -146,7 +146,7 @@ def test_parts_recorded_names_every_teacher_output():
 
 
 def test_cost_of_teacher_and_student():
-    from d2kd.benchmark.measure import measure_cost
+    from benchmarking.measure import measure_cost
 
     t, s = (os.path.join(REPO, "configs/shapes", f) for f in ("retinanet_teacher.py", "retinanet_fitnet.py"))
     cost = measure_cost([t, s], image_size=64, n_runs=1)
@@ -183,11 +183,8 @@ def test_second_call_reuses_teacher_and_runs(bench):
 
 def test_visualize_predictions_from_benchmark(bench):
     tmp, _ = bench
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    try:
-        import visualize_predictions
-    finally:
-        sys.path.pop(0)
+    import visualize_predictions  # tools/ (conftest)
+
     paths = visualize_predictions.main(["--from-benchmark", str(tmp / "bench"), "--num", "1", "--score-thresh", "0.0",
                                         "--output", str(tmp / "vis")])
     assert len(paths) == 1
@@ -203,7 +200,7 @@ def test_visualize_predictions_from_benchmark(bench):
 
 
 def test_registry_skips_missing_configs_and_discovers_new_ones(tmp_path):
-    from d2kd.benchmark import registry
+    from benchmarking import registry
 
     (tmp_path / "configs" / "shapes").mkdir(parents=True)
     for name in ("retinanet_student.py", "retinanet_teacher.py", "retinanet_fgfi.py", "retinanet_newkd.py",
@@ -228,7 +225,7 @@ def test_semi_supervised_runs_wait_for_the_teachers_pseudo_labels(tmp_path):
     r = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "adl_semi",
          "--seeds", "0", "--list", "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers")],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=tool_env(PYTHONWARNINGS="ignore"))
     assert r.returncode == 0, r.stderr[-3000:]
     deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", r.stdout, flags=re.M))
     pl = "pseudo_labels:shapes_unlabeled_retinanet_teacher.json"
@@ -246,7 +243,7 @@ def _list_plan(tmp_path, *extra):
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "lshfm_l2",
          "--seeds", "0", "1", "--list", "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers"),
          *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=tool_env(PYTHONWARNINGS="ignore"))
 
 
 def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
@@ -289,7 +286,7 @@ def test_faster_rcnn_finetune_rows_differ_from_scratch_only_in_the_start(method)
     the plain student's final checkpoint, and the registry pairs the row with that baseline."""
     from detectron2.config import LazyConfig
 
-    from d2kd.benchmark import registry
+    from benchmarking import registry
 
     def load(name):
         return LazyConfig.load(os.path.join(REPO, "configs", "shapes", f"{name}.py"))
@@ -340,8 +337,8 @@ def test_overhead_times_an_autocast_teacher_against_fp32(tmp_path):
     teacher calls without autocast (interleaved), and results.md states both."""
     from conftest import save_random_weights
 
-    from d2kd.benchmark.measure import measure_overhead
-    from d2kd.benchmark.results import markdown
+    from benchmarking.measure import measure_overhead
+    from benchmarking.results import markdown
 
     weights = str(tmp_path / "teacher.pth")
     save_random_weights(os.path.join(REPO, "configs/shapes/retinanet_teacher.py"), weights)
@@ -363,7 +360,7 @@ def test_training_dtype_is_read_from_the_last_run_in_the_log(tmp_path):
     reported dtype is the last one's."""
     from conftest import TINY, run_train_net
 
-    from d2kd.benchmark.results import train_dtype
+    from benchmarking.results import train_dtype
 
     assert train_dtype(str(tmp_path)) is None
     base = ["configs/shapes/faster_rcnn_student.py", *TINY, f"train.output_dir={tmp_path}", "train.checkpointer.period=1"]

@@ -29,7 +29,7 @@ def _quick_plan(tool, tmp_path):
 def test_makespan_lays_out_jobs_as_the_scheduler_runs_them(tmp_path):
     """The 2026-12-01 quick run (docs/benchmark/quick/): its jobs' measured seconds, laid out in
     the --quick plan's order with its dependencies on 2 slots, end when that run ended (14:16)."""
-    from d2kd.benchmark.estimate import makespan
+    from benchmarking.estimate import makespan
 
     res = json.load(open(os.path.join(REPO, "docs", "benchmark", "quick", "results.json")))
     seconds = {r["name"]: r["seconds"] for r in res["runs"]}
@@ -45,7 +45,7 @@ def test_makespan_lays_out_jobs_as_the_scheduler_runs_them(tmp_path):
 
 
 def test_job_seconds_from_probed_steps():
-    from d2kd.benchmark.estimate import EVAL_FIXED_S, INFER_FACTOR, STEP_FACTOR, StepTime, job_seconds
+    from benchmarking.estimate import EVAL_FIXED_S, INFER_FACTOR, STEP_FACTOR, StepTime, job_seconds
 
     steps = {"t": StepTime(0.4, 0.05, "float32", 300), "s": StepTime(0.1, 0.01, "float32", 300),
              "kd": StepTime(0.2, 0.01, "float32", 300)}
@@ -74,7 +74,7 @@ def test_job_seconds_from_probed_steps():
 ])
 def test_quick_estimate_matches_the_runs_it_was_measured_against(
         tmp_path, monkeypatch, capsys, machine, teacher_dtype, teacher_s, student_factor, startup_s, minutes):
-    from d2kd.benchmark.estimate import STEP_FACTOR, Probe, StepTime
+    from benchmarking.estimate import STEP_FACTOR, Probe, StepTime
 
     tool = _tool()
     f = 1 / STEP_FACTOR  # probe steps are the logged s/iter without logging and hooks
@@ -88,7 +88,7 @@ def test_quick_estimate_matches_the_runs_it_was_measured_against(
         return Probe(steps, 4.0, startup_s)
 
     monkeypatch.setattr(tool, "probe", fake_probe)
-    monkeypatch.setattr("d2kd.benchmark.estimate.native_bfloat16", lambda device: teacher_dtype == "bfloat16")
+    monkeypatch.setattr("benchmarking.estimate.native_bfloat16", lambda device: teacher_dtype == "bfloat16")
     est = tool.time_estimate(_quick_plan(tool, tmp_path))
     assert minutes[0] * 60 <= est["seconds"] <= minutes[1] * 60, (machine, est["seconds"] / 60)
     # what it probed: the teacher (to be trained), the baseline and the distillation config
@@ -102,8 +102,8 @@ def test_quick_estimate_matches_the_runs_it_was_measured_against(
 
 def test_estimate_skips_reused_jobs(tmp_path, monkeypatch):
     """A job that finished with the same command costs nothing; the others are still priced."""
-    from d2kd.benchmark.estimate import Probe, StepTime
-    from d2kd.benchmark.runner import input_stamps
+    from benchmarking.estimate import Probe, StepTime
+    from benchmarking.runner import input_stamps
 
     tool = _tool()
     plan = _quick_plan(tool, tmp_path)
@@ -123,7 +123,7 @@ def test_probe_times_a_few_steps_of_each_config(tmp_path):
     is probed against an untrained one), one warm-up and one timed step per config."""
     import time
 
-    from d2kd.benchmark.estimate import probe
+    from benchmarking.estimate import probe
 
     tiny = [o for o in TINY if not o.startswith("train.eval_period")]
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """A benchmark stopped mid-run and started again: its unfinished training jobs resume from their
 own checkpoints without the killed run's metrics rows; a job that cannot resume starts from a
-clean folder (d2kd/benchmark/resume.py, the Scheduler, tools/benchmark.py)."""
+clean folder (tools/benchmarking/resume.py, the Scheduler, tools/benchmark.py)."""
 import json
 import os
 import signal
@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
-from conftest import D2_MISSING, REPO
+from conftest import D2_MISSING, REPO, tool_env
 
-from d2kd.benchmark.resume import (
+from benchmarking.resume import (
     STARTED,
     checkpoint_overrides,
     move_aside,
@@ -99,7 +99,7 @@ def test_checkpoint_helpers(tmp_path):
     assert checkpoint_overrides(2)[0] == "train.checkpointer.period=1"
     assert with_resume(ARGV)[2] == "--resume"
     with pytest.raises(ValueError, match="not a train_net.py command"):
-        with_resume([sys.executable, "-m", "d2kd.benchmark.measure"])
+        with_resume([sys.executable, "-m", "benchmarking.measure"])
     for name in ("model_0000099.pth", "model_final.pth", "last_checkpoint"):
         (tmp_path / name).write_text("")
     assert [os.path.basename(p) for p in remove_periodic_checkpoints(str(tmp_path))] == ["model_0000099.pth"]
@@ -110,7 +110,7 @@ def test_checkpoint_helpers(tmp_path):
 def test_eta_of_a_resumed_job_counts_from_where_it_resumed(tmp_path):
     """Issue #27: "teacher iter 520/1000 ... ETA 4:34" a minute after the rerun started. A job
     resumed at 500 of 1000 weighs what is left of it, and its progress counts from 500."""
-    from d2kd.benchmark.runner import Job, Scheduler
+    from benchmarking.runner import Job, Scheduler
 
     out = tmp_path / "teacher"
     out.mkdir()
@@ -140,7 +140,7 @@ def test_killed_benchmark_resumes_its_teacher_without_stale_metrics(tmp_path):
            "--set", "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",
            "dataloader.train.total_batch_size=2", "train.log_period=1", "model.test_score_thresh=0.0",
            "--teacher-set", "train.max_iter=30"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     tdir = teachers / "retinanet_teacher"
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240

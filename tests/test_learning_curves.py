@@ -1,4 +1,5 @@
-"""Learning curves from metrics.json rows, and the plateau test (d2kd.benchmark.learning_curves)."""
+"""Learning curves from metrics.json rows, and the plateau test
+(tools/benchmarking/learning_curves.py)."""
 import importlib.util
 import json
 import os
@@ -8,7 +9,7 @@ import pytest
 from conftest import D2_MISSING, REPO
 
 pytest.importorskip("detectron2", reason=D2_MISSING)  # importing d2kd needs it
-from d2kd.benchmark.learning_curves import ap_at, ap_curve, plateau  # noqa: E402
+from benchmarking.learning_curves import ap_at, ap_curve, plateau  # noqa: E402
 
 
 def rows_of(evals, max_iter, losses_every=100):

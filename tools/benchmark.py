@@ -13,18 +13,18 @@ Steps (each a subprocess, ``--jobs`` at a time, failures isolated and reported):
    whenever that ``model_final.pth`` exists; then evaluated (eval-only) on the validation split;
 2. the baseline student and one distilled student per method and seed (``train.seed=<s>``), all
    evaluated at the end (and ``--evals`` times along the way for the AP curves);
-3. the distillation overhead per method (:mod:`d2kd.benchmark.measure`, fixed batches,
+3. the distillation overhead per method (:mod:`benchmarking.measure`, fixed batches,
    interleaved); its step ratio sets the **equal wall-clock** baseline: the student trained
    ``round(iters x step ratio)`` iterations with the LR schedule stretched to that length;
 4. params / GFLOPs / CPU latency of teacher and student, peak memory with and without teacher;
 5. ``results.md``, ``results.json`` and PNG plots in ``--output``.
 
-The experiment table is :mod:`d2kd.benchmark.registry` (plus every ``configs/shapes/<detector>_
+The experiment table is :mod:`benchmarking.registry` (plus every ``configs/shapes/<detector>_
 <method>.py`` found); rows whose config does not exist yet are skipped with a note.
 Re-running with the same ``--output`` reuses finished runs (same command line) unless ``--rerun``.
 Every training run saves a checkpoint each tenth of its iterations: a call that was stopped
 (SIGTERM, Ctrl-C, a crash) and is run again resumes its teacher and unfinished runs from their
-last checkpoint (:mod:`d2kd.benchmark.resume`); a run that cannot resume starts from a clean folder.
+last checkpoint (:mod:`benchmarking.resume`); a run that cannot resume starts from a clean folder.
 """
 import argparse
 import dataclasses
@@ -39,11 +39,10 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from d2kd.benchmark import registry  # noqa: E402
-from d2kd.benchmark.results import (  # noqa: E402
+# The harness is the package next to this script (tools/benchmarking/): tools/ is sys.path[0]
+# when a tool runs as a script; d2kd is the installed package.
+from benchmarking import registry
+from benchmarking.results import (
     curves,
     final_eval,
     markdown,
@@ -56,10 +55,15 @@ from d2kd.benchmark.results import (  # noqa: E402
     trained_iters,
     write_json,
 )
-from d2kd.benchmark.estimate import bfloat16_note, fmt_minutes, job_seconds, makespan, probe, quiet_logs  # noqa: E402
-from d2kd.benchmark.resume import checkpoint_overrides, remove_periodic_checkpoints, resume_point  # noqa: E402
-from d2kd.benchmark.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd, reusable  # noqa: E402
+from benchmarking.estimate import bfloat16_note, fmt_minutes, job_seconds, makespan, probe, quiet_logs
+from benchmarking.resume import checkpoint_overrides, remove_periodic_checkpoints, resume_point
+from benchmarking.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd, reusable
 
+#: The clone's root: the jobs run there (their configs are relative to it).
+REPO = registry.REPO
+#: This script's folder, home of the harness package the measurement jobs run
+#: (``python -m benchmarking.measure``).
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 TRAIN_NET = os.path.join(REPO, "train_net.py")
 #: Relative cost of one iteration (student iteration = 1) for the ETA before anything is measured.
 COST_GUESS = {"baseline": 1.0, "distilled": 2.5, "wallclock": 2.5, "teacher": 7.0}
@@ -226,7 +230,7 @@ class Plan:
                 configs += [d["teacher"][0], registry.DETECTORS.get(det) or d["experiments"][0].baseline]
             out_dir = os.path.join(self.out, "measure", "cost")
             self.cost_job = self.add(Job(
-                "cost", "cost", python_cmd("-m", "d2kd.benchmark.measure", "cost", *sum([["--config", c] for c in configs], []),
+                "cost", "cost", python_cmd("-m", "benchmarking.measure", "cost", *sum([["--config", c] for c in configs], []),
                                            "--output", os.path.join(out_dir, "cost.json"), "--iters", str(a.cost_runs),
                                            "--threads", str(a.threads), *[o for o in a.set if o.startswith("model.")]),
                 out_dir, weight=60))
@@ -355,7 +359,7 @@ class Plan:
         oh_file = os.path.join(oh_dir, "overhead.json")
         exp.overhead_file = oh_file
         self.add(Job(f"overhead:{det}:{m}", "overhead",
-                     python_cmd("-m", "d2kd.benchmark.measure", "overhead", "--config", exp.config,
+                     python_cmd("-m", "benchmarking.measure", "overhead", "--config", exp.config,
                                 "--baseline", exp.baseline, "--output", oh_file, "--iters", str(a.overhead_iters),
                                 "--warmup", str(a.overhead_warmup), "--threads", str(a.threads),
                                 f"model.teacher.weights={tweights}", *a.set, *a.student_set,
@@ -396,7 +400,7 @@ class Plan:
                     continue
                 out_dir = os.path.join(self.out, "measure", f"memory_{os.path.splitext(os.path.basename(cfg_file))[0]}")
                 self.add(Job(name, "memory",
-                             python_cmd("-m", "d2kd.benchmark.measure", "memory", "--config", cfg_file,
+                             python_cmd("-m", "benchmarking.measure", "memory", "--config", cfg_file,
                                         "--output", os.path.join(out_dir, "memory.json"), "--iters", str(a.memory_iters),
                                         "--threads", str(a.threads),
                                         *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
@@ -600,7 +604,7 @@ def teacher_checks(res: Dict, plan: Plan) -> Dict:
 # ---- the time estimate ---------------------------------------------------------------------------
 def time_estimate(plan: Plan) -> Optional[Dict]:
     """Probe the configs the call's jobs train (a few steps each, see
-    :mod:`d2kd.benchmark.estimate`) and lay the jobs out as the Scheduler will: the call's
+    :mod:`benchmarking.estimate`) and lay the jobs out as the Scheduler will: the call's
     expected wall-clock on this machine, printed before anything starts."""
     a = plan.args
     work = []  # (job, meta for the estimate)
@@ -716,7 +720,9 @@ def main(argv=None) -> Dict:
             log(f"[benchmark] no time estimate: the probe failed ({type(e).__name__}: {e})")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    # The measurement jobs run this folder's harness package as a module (``-m benchmarking.measure``,
+    # from the clone's root): tools/ is on their path as it is on a tool script's. d2kd is installed.
+    env["PYTHONPATH"] = TOOLS + os.pathsep + env.get("PYTHONPATH", "")
     load_start = _load_avg()
     jobs = Scheduler(plan.jobs, n_parallel=args.jobs, env=env, cwd=REPO, heartbeat_s=args.heartbeat, log=log).run()
     wall = time.time() - t0
@@ -725,7 +731,7 @@ def main(argv=None) -> Dict:
         log(f"[benchmark] baselines done in {fmt_s(wall)}" + (f"; failed: {bad}" if bad else ""))
         return {}
     res = collect(plan, jobs, wall)
-    from d2kd.benchmark.plots import write_plots
+    from benchmarking.plots import write_plots  # matplotlib
 
     res["settings"] = {
         "mode": args.mode, "command": "python tools/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),

@@ -8,15 +8,12 @@
 Each run folder is a ``train_net.py`` output with periodic evaluation (``train.eval_period``).
 Writes ``<output>.png`` (the curves) and ``<output>.md`` (each run's evaluations and whether it
 gained less than ``--tol`` AP over the last ``--window`` of its schedule; see
-:mod:`d2kd.benchmark.learning_curves`).
+:mod:`benchmarking.learning_curves`).
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from d2kd.benchmark.learning_curves import markdown_table, plot, run_curve  # noqa: E402
+from benchmarking.learning_curves import markdown_table, plot, run_curve  # tools/benchmarking/
 
 
 def main(argv=None):

@@ -10,11 +10,8 @@ drawn with Detectron2's ``Visualizer`` and the dataset's metadata.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):

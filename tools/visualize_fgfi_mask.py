@@ -18,22 +18,18 @@ drawn over the stride×stride pixels it covers; green = GT boxes; the title bar 
 """
 import argparse
 import os
-import sys
 from typing import List
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.structures import ImageList
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
-from detectron2.structures import ImageList  # noqa: E402
-
-import d2kd  # noqa: E402,F401
-from d2kd.distill.fgfi import FGFI, fgfi_masks  # noqa: E402
-from d2kd.export import student_model_config  # noqa: E402
+import d2kd  # noqa: F401
+from d2kd.distill.fgfi import FGFI, fgfi_masks
+from d2kd.export import student_model_config
 
 
 def fgfi_settings(cfg):

@@ -19,12 +19,13 @@ student panel names the seed of the run it draws (``--seed``, default the first 
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# FGFI settings from a config and per-level masks: the sibling tool (tools/ is sys.path[0] when a
+# tool runs as a script)
+import visualize_fgfi_mask
 
 
 def load_student(config: str, weights: str, overrides=()):
@@ -45,27 +46,13 @@ def load_student(config: str, weights: str, overrides=()):
     return model, cfg
 
 
-def _fgfi_tool():
-    """tools/visualize_fgfi_mask.py (FGFI settings from a config, per-level masks), if present."""
-    try:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import visualize_fgfi_mask as tool
-
-        return tool
-    except ImportError:
-        return None
-    finally:
-        sys.path.pop(0)
-
-
 def fgfi_spec(cfg) -> Optional[Dict]:
     """The FGFI distiller's settings in a distillation config (None if it has none)."""
     for d in cfg.model.get("distillers", None) or []:
         target = d.get("_target_")
         name = target if isinstance(target, str) else getattr(target, "__name__", "")
         if name.split(".")[-1] == "FGFI":
-            tool = _fgfi_tool()
-            spec = tool.fgfi_settings(cfg) if tool is not None else {}
+            spec = visualize_fgfi_mask.fgfi_settings(cfg)
             return {"in_features": list(spec.get("in_features", d.get("in_features")) or []),
                     "psi": float(spec.get("psi", d.get("psi", 0.5))),
                     "max_over": spec.get("max_over", d.get("max_over", "all_levels")),
@@ -74,30 +61,13 @@ def fgfi_spec(cfg) -> Optional[Dict]:
 
 
 def fgfi_level_masks(model, spec: Dict, image_chw, gt_boxes) -> Dict:
-    """Per FGFI level: (bool (H, W) mask, stride), via tools/visualize_fgfi_mask.compute_masks when
-    available, else the same computation with ``d2kd.distill.fgfi.fgfi_masks``."""
+    """Per FGFI level: (bool (H, W) mask, stride), by tools/visualize_fgfi_mask.compute_masks."""
     import torch
 
     gt = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4)
-    tool = _fgfi_tool()
-    if tool is not None:
-        return tool.compute_masks(model, image_chw, gt, in_features=spec["in_features"] or None, psi=spec["psi"],
-                                  iou_plus_one=spec["iou_plus_one"], max_over=spec["max_over"])
-    from d2kd.distill.fgfi import fgfi_masks
-
-    with torch.no_grad():
-        images = model.preprocess_image([{"image": image_chw}])
-        feats = model.backbone(images.tensor)
-        if getattr(model, "proposal_generator", None) is not None:
-            gen, gen_levels = model.proposal_generator.anchor_generator, model.proposal_generator.in_features
-        else:
-            gen, gen_levels = model.anchor_generator, model.head_in_features
-        levels = spec["in_features"] or list(gen_levels)
-        anchors = dict(zip(gen_levels, gen([feats[f] for f in gen_levels])))
-        masks = fgfi_masks([anchors[f] for f in levels], [tuple(feats[f].shape[-2:]) for f in levels], gt,
-                           psi=spec["psi"], iou_plus_one=spec["iou_plus_one"], max_over=spec["max_over"])
-    strides = model.backbone.output_shape()
-    return {f: (m.cpu(), strides[f].stride) for f, m in zip(levels, masks)}
+    return visualize_fgfi_mask.compute_masks(model, image_chw, gt, in_features=spec["in_features"] or None,
+                                             psi=spec["psi"], iou_plus_one=spec["iou_plus_one"],
+                                             max_over=spec["max_over"])
 
 
 def union_mask(level_masks: Dict, height: int, width: int) -> np.ndarray:

@@ -8,6 +8,10 @@ Each detector names its plain student (the baseline) config; a row may name its 
 when the method changes the data (ADL's few-labels student trains on ``shapes_train_500``).
 The teacher is never listed here: it is whatever the distillation config's ``model.teacher``
 says (``config_file`` + ``weights``), so the benchmark and ``train_net.py`` always agree.
+
+Config paths are relative to ``root``, the folder the benchmark's jobs run in (they are the
+``--config-file`` of their command lines); ``root`` defaults to the clone this package lives in
+(:data:`REPO`), whose ``configs/shapes`` it benchmarks.
 """
 import glob
 import os
@@ -15,6 +19,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+#: The clone's root: ``tools/benchmarking/`` is two folders below it.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: The benchmark's configs, relative to the root.
 SHAPES_DIR = "configs/shapes"
 
 #: detector -> its plain student config (the baseline of every method of that detector).
@@ -87,7 +94,7 @@ def _split_name(path: str) -> Optional[Tuple[str, str]]:
     return None
 
 
-def discover(root: str = ".", shapes_dir: str = SHAPES_DIR) -> Dict[Tuple[str, str], Tuple[str, Optional[str]]]:
+def discover(root: str = REPO, shapes_dir: str = SHAPES_DIR) -> Dict[Tuple[str, str], Tuple[str, Optional[str]]]:
     """The EXPERIMENTS table plus every ``<detector>_<method>.py`` found in ``shapes_dir``."""
     table = dict(EXPERIMENTS)
     for path in sorted(glob.glob(os.path.join(root, shapes_dir, "*.py"))):
@@ -102,16 +109,18 @@ def select(
     detectors: Optional[Sequence[str]] = None,
     methods: Optional[Sequence[str]] = None,
     *,
-    root: str = ".",
+    root: str = REPO,
+    shapes_dir: str = SHAPES_DIR,
     table: Optional[Dict] = None,
     log=print,
 ) -> List[Experiment]:
-    """The experiments to run, in table order; missing configs are skipped with a note."""
-    table = discover(root) if table is None else table
+    """The experiments to run, in table order; missing configs (under ``root``) are skipped
+    with a note; ``shapes_dir`` (relative to ``root``) is where :func:`discover` looks for more."""
+    table = discover(root, shapes_dir) if table is None else table
     known_methods = sorted({m for _, m in table})
     for m in methods or ():
         if m not in known_methods:
-            log(f"[benchmark] note: method '{m}' has no config in the table or in {SHAPES_DIR} "
+            log(f"[benchmark] note: method '{m}' has no config in the table or in {shapes_dir} "
                 f"(known: {', '.join(known_methods)})")
     out = []
     for (det, method), (config, baseline) in table.items():

@@ -19,7 +19,7 @@ So the benchmark measures, before it starts, what its jobs will cost here:
   seconds per step × :data:`STEP_FACTOR`, evaluations (images × seconds per image + a fixed
   part); a job the call will reuse costs nothing, a resumed one only what is left.
 * :func:`makespan`: the call's wall-clock, the jobs laid out exactly as
-  :class:`~d2kd.benchmark.runner.Scheduler` launches them (in plan order, as soon as a slot is free
+  :class:`~benchmarking.runner.Scheduler` launches them (in plan order, as soon as a slot is free
   and their dependencies are done).
 
 With the job times the 2026-12-01 quick run measured, :func:`makespan` gives its 14:16 to the
@@ -43,9 +43,11 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.events import EventStorage
 
-from ..engine.amp import resolve_amp_dtype
-from ..engine.trainer import Trainer
-from ..teacher import native_bfloat16
+from d2kd.engine.amp import resolve_amp_dtype
+from d2kd.engine.trainer import Trainer
+from d2kd.teacher import native_bfloat16
+
+from .registry import REPO
 
 #: Seconds a job spends before its first step (Python, torch and Detectron2 imports, model
 #: build, data loader start) where it was not measured: the 2026-12-01 quick run's memory and
@@ -283,11 +285,10 @@ def probe(
 
 def _start_import_timer(threads: int):
     """A child process that imports what a job imports and prints the time it is done."""
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
-               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-c", f"{IMPORTS}; import time; print(time.time())"], cwd=repo, env=env,
+    # in the folder the jobs run in (the clone's root), as a job does
+    proc = subprocess.Popen([sys.executable, "-c", f"{IMPORTS}; import time; print(time.time())"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     return proc, started
 

@@ -1,8 +1,8 @@
 """Speed, cost and memory measurements of the benchmark, each runnable in a fresh process.
 
-    python -m d2kd.benchmark.measure overhead --config KD.py --baseline STUDENT.py --output o.json [key=value ...]
-    python -m d2kd.benchmark.measure memory --config X.py --output m.json [key=value ...]
-    python -m d2kd.benchmark.measure cost --config T.py --config S.py --output c.json
+    python -m benchmarking.measure overhead --config KD.py --baseline STUDENT.py --output o.json [key=value ...]
+    python -m benchmarking.measure memory --config X.py --output m.json [key=value ...]
+    python -m benchmarking.measure cost --config T.py --config S.py --output c.json
 
 **Overhead** (:func:`measure_overhead`): one process, the same fixed batches, interleaved so a
 change of machine load hits both sides alike. Per iteration it times
@@ -29,14 +29,15 @@ first batch). That is process memory (weights, activations, allocator caches, th
 weights when there is one), not torch's allocator alone. On CUDA ``torch.cuda.max_memory_allocated``
 is reported as well.
 
-**Cost** (:func:`measure_cost`): ``tools/model_cost.model_cost`` (params, fvcore GFLOPs = multiply-
+**Cost** (:func:`measure_cost`): :func:`benchmarking.cost.model_cost` (params, fvcore GFLOPs = multiply-
 adds, median single-image CPU latency in eval mode) of each config's model (random weights; the
 numbers do not depend on them except NMS work in the full latency).
 """
 import argparse
 import contextlib
-import importlib.util
+import copy
 import json
+import logging
 import math
 import os
 import resource
@@ -46,23 +47,24 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.utils.events import EventStorage
+from omegaconf import OmegaConf
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import d2kd  # noqa: F401  (registers d2kd's models and datasets the configs name)
+from d2kd.export import student_model_config
+from d2kd.teacher import TEACHER_PARTS
+
+from .cost import model_cost
 
 
 def _load_cfg(config_file: str, overrides: Sequence[str] = ()):
-    from detectron2.config import LazyConfig
-
-    import d2kd  # noqa: F401
-
     cfg = LazyConfig.load(config_file)
     return LazyConfig.apply_overrides(cfg, [o for o in overrides if _applies(cfg, o)])
 
 
 def _applies(cfg, override: str) -> bool:
     """``model.teacher.*`` overrides only apply to configs that have a teacher."""
-    from omegaconf import OmegaConf
-
     key = override.split("=", 1)[0]
     if key.startswith("model.teacher.") or key.startswith("model.distillers"):
         return OmegaConf.select(cfg, "model.teacher", default=None) is not None
@@ -110,8 +112,6 @@ def _tensors(obj):
 def parts_recorded(record) -> List[str]:
     """The teacher parts (``d2kd.teacher.TEACHER_PARTS``) a ``DetectorRecord`` holds: its fields,
     and for an SSD teacher ``extras["ssd"]``."""
-    from d2kd.teacher import TEACHER_PARTS
-
     return [p for p in TEACHER_PARTS
             if p == "features" or getattr(record, p, None) is not None or p in record.extras]
 
@@ -119,10 +119,6 @@ def parts_recorded(record) -> List[str]:
 def _reload_time(cfg, batches):
     """``(images in the training set, seconds to load a batch of these images again)``, the
     second time through ``cfg.dataloader.train``'s mapper; None for a loader without one."""
-    import copy
-
-    from detectron2.config import instantiate
-
     dl = cfg.dataloader.train
     if "mapper" not in dl or "dataset" not in dl:
         return None
@@ -147,9 +143,6 @@ def measure_overhead(
     threads: int = 1,
 ) -> Dict:
     """Time KD vs plain-student iterations on the same fixed batches (see the module doc)."""
-    from detectron2.config import instantiate
-    from detectron2.utils.events import EventStorage
-
     torch.set_num_threads(threads)
     cfg = _load_cfg(config, overrides)
     bcfg = _load_cfg(baseline, [o for o in overrides if not o.startswith("model.teacher.")])
@@ -282,9 +275,6 @@ def measure_memory(config: str, overrides: Sequence[str] = (), *, n_iters: int =
     """Peak RSS increase (MB) of building ``config``'s model and training ``n_iters`` steps.
 
     Meant for a fresh process (``ru_maxrss`` is the peak over the process's life)."""
-    from detectron2.config import instantiate
-    from detectron2.utils.events import EventStorage
-
     torch.set_num_threads(threads)
     cfg = _load_cfg(config, overrides)
     loader = iter(instantiate(cfg.dataloader.train))
@@ -316,25 +306,11 @@ def measure_memory(config: str, overrides: Sequence[str] = (), *, n_iters: int =
     return out
 
 
-def _model_cost_fn():
-    spec = importlib.util.spec_from_file_location("d2kd_tools_model_cost", os.path.join(REPO, "tools", "model_cost.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.model_cost
-
-
 def measure_cost(configs: Sequence[str], overrides: Sequence[str] = (), *, image_size: int = 128,
                  n_runs: int = 10, threads: int = 1) -> Dict[str, Dict]:
     """``model_cost`` (params M, GFLOPs, latency ms per image) of each config's (student) model."""
-    import logging
-
-    from detectron2.config import instantiate
-
-    from ..export import student_model_config
-
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     torch.set_num_threads(threads)
-    model_cost = _model_cost_fn()
     out = {}
     for config in configs:
         cfg = _load_cfg(config, overrides)

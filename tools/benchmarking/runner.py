@@ -1,11 +1,11 @@
 """Run the benchmark's jobs as subprocesses, a few at a time, with dependencies and an ETA.
 
-Every job is a command line (``train_net.py`` runs, ``python -m d2kd.benchmark.measure ...``)
+Every job is a command line (``train_net.py`` runs, ``python -m benchmarking.measure ...``)
 whose stdout/stderr go to ``<job dir>/benchmark_job.log``; a failing job fails alone (its
 dependents are skipped) and the rest of the benchmark goes on. A job whose command is a callable
 is built when it starts (the equal-wall-clock baseline's length comes from a measurement).
 A training job started again resumes its own unfinished run or starts from a clean folder
-(:mod:`d2kd.benchmark.resume`). When the benchmark is stopped (SIGTERM, Ctrl-C), the jobs it
+(:mod:`benchmarking.resume`). When the benchmark is stopped (SIGTERM, Ctrl-C), the jobs it
 is running are stopped with it, so that none goes on writing into a folder the next call uses.
 """
 import json
