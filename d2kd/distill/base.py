@@ -13,7 +13,7 @@ A distiller is an ``nn.Module`` (its adapters train with the student and live un
    adapter takes part in every step and DDP needs no unused-parameter search.
 """
 import math
-from typing import Dict, Iterable, Optional, Set
+from typing import Dict, Iterable, Optional, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -90,11 +90,11 @@ class Distiller(nn.Module):
             value = float(value)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{type(self).__name__} (loss_kd_{self.name}_*): {key} must be a number, got {value!r}"
+                f"{type(self).__name__} ({kd_loss_key(self.name, '*')}): {key} must be a number, got {value!r}"
             ) from None
         if not math.isfinite(value) or value < 0:
             raise ValueError(
-                f"{type(self).__name__} (loss_kd_{self.name}_*): {key} must be finite and >= 0, got "
+                f"{type(self).__name__} ({kd_loss_key(self.name, '*')}): {key} must be finite and >= 0, got "
                 f"{value}; a negative multiplier rewards the student for moving away from the "
                 f"teacher (set {key}=0 to turn the term off)"
             )
@@ -192,3 +192,37 @@ def zero_loss(reference: Tensor) -> Tensor:
 def float32(x: Tensor) -> Tensor:
     """KD losses are computed in fp32 even under AMP (small differences, large logits)."""
     return x.float() if x.dtype != torch.float32 else x
+
+
+# ---- loss keys ------------------------------------------------------------------------------
+# The one place that writes and reads ``loss_kd_<name>_<term>``: the meta-architecture builds
+# the keys it returns with ``kd_loss_key``; the trainer's non-finite guard finds the distiller
+# behind a key with ``parse_kd_loss_key``.
+
+#: Every KD term's key starts with this; the student's own detector losses do not.
+KD_LOSS_PREFIX = "loss_kd_"
+
+
+def kd_loss_key(name: str, term: str) -> str:
+    """The key of term ``term`` of the distiller named ``name`` (``"*"``: all its terms, in
+    messages)."""
+    return f"{KD_LOSS_PREFIX}{name}_{term}"
+
+
+def is_kd_loss_key(key: str) -> bool:
+    return key.startswith(KD_LOSS_PREFIX)
+
+
+def parse_kd_loss_key(key: str, names: Iterable[str]) -> Optional[Tuple[str, str]]:
+    """``(name, term)`` such that ``kd_loss_key(name, term) == key`` for one of the distiller
+    ``names``, else None. Names and terms may both hold underscores: the longest name that fits
+    wins (``loss_kd_fgfi_x_p3`` is term ``p3`` of ``fgfi_x`` when both ``fgfi`` and ``fgfi_x``
+    are there)."""
+    if not is_kd_loss_key(key):
+        return None
+    rest = key[len(KD_LOSS_PREFIX):]
+    fits = [n for n in names if n and rest.startswith(n + "_")]
+    if not fits:
+        return None
+    name = max(fits, key=len)
+    return name, rest[len(name) + 1:]

@@ -6,6 +6,7 @@ import time
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..distill.base import kd_loss_key
 from ..export import export_student
 from ..runtime import unwrap_model
 
@@ -62,7 +63,7 @@ class DistillerScheduleCheck(HookBase):
             schedule = d.schedule
             if schedule.first_on(start, end) is not None:
                 continue
-            what = f"{type(d).__name__} (distillers.{i}, loss_kd_{d.name}_*)"
+            what = f"{type(d).__name__} (distillers.{i}, {kd_loss_key(d.name, '*')})"
             if schedule.stop_after is not None and schedule.stop_after <= max(start, schedule.warmup_iters):
                 logger.warning(
                     "%s is off for this whole run: its schedule stopped at iteration %d "

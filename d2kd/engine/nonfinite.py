@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..distill.base import is_kd_loss_key, parse_kd_loss_key
 from ..runtime import current_iteration, put_scalar, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -43,18 +44,16 @@ def _fmt(value: float) -> str:
 
 
 def find_distiller(model: nn.Module, key: str) -> Optional[Tuple[int, nn.Module, str]]:
-    """``(index, distiller, term)`` for a loss key ``loss_kd_<name>_<term>``, else None."""
-    if not key.startswith("loss_kd_"):
+    """``(index, distiller, term)`` for a KD loss key (:func:`d2kd.distill.base.kd_loss_key`),
+    else None."""
+    distillers = list(getattr(unwrap_model(model), "distillers", None) or [])
+    names = [getattr(d, "name", None) for d in distillers]
+    parsed = parse_kd_loss_key(key, names)
+    if parsed is None:
         return None
-    rest = key[len("loss_kd_"):]
-    best = None
-    for i, d in enumerate(getattr(unwrap_model(model), "distillers", None) or []):
-        name = getattr(d, "name", None)
-        if name and rest.startswith(name + "_") and (best is None or len(name) > len(best[1].name)):
-            best = (i, d)
-    if best is None:
-        return None
-    return best[0], best[1], rest[len(best[1].name) + 1:]
+    name, term = parsed
+    i = names.index(name)
+    return i, distillers[i], term
 
 
 def describe_term(model: nn.Module, key: str, value: float) -> str:
@@ -65,7 +64,7 @@ def describe_term(model: nn.Module, key: str, value: float) -> str:
             f"{key} = {_fmt(value)} (KD method '{d.name}' [{type(d).__name__}, distillers.{i}], "
             f"term/level '{term}')"
         )
-    if key.startswith("loss_kd_"):
+    if is_kd_loss_key(key):
         return f"{key} = {_fmt(value)} (a KD term)"
     return f"{key} = {_fmt(value)} (the student's detector loss)"
 
@@ -139,9 +138,9 @@ class NonFiniteGuard:
             bad_v = v[~torch.isfinite(v)] if v.numel() > 1 else v.reshape(1)
             values[k] = float(bad_v[0]) if bad_v.numel() else float("nan")  # another rank's
         # detector losses first: they are the usual root cause when both are bad
-        bad.sort(key=lambda k: (k.startswith("loss_kd_"), k))
+        bad.sort(key=lambda k: (is_kd_loss_key(k), k))
         described = "; ".join(describe_term(self.model, k, values[k]) for k in bad)
-        only_kd = all(k.startswith("loss_kd_") for k in bad)
+        only_kd = all(is_kd_loss_key(k) for k in bad)
         if only_kd and self.skipped < self.skip_kd_steps:
             self.skipped += 1
             logger.warning(

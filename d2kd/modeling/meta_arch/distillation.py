@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from detectron2.structures import ImageList
 
 from ...checkpoint import OPT_IN_YACS_TEACHER
-from ...distill.base import Distiller
+from ...distill.base import Distiller, kd_loss_key
 from ...distill.build import build_distillers_from_cfg
 from ...records import (
     TEACHER_PART_TABLE,
@@ -182,7 +182,7 @@ class DistillationMixin:
         for d in self.distillers:
             factor = d.loss_factor(iteration)
             for term, value in d(student, teacher).items():
-                losses[f"loss_kd_{d.name}_{term}"] = value.float() * factor
+                losses[kd_loss_key(d.name, term)] = value.float() * factor
         return losses
 
     def scale_detector_losses(self, losses: Dict[str, Tensor]) -> Dict[str, Tensor]:
