@@ -129,18 +129,17 @@ def test_overhead_measured_on_fixed_batches(bench):
 
 
 def test_parts_recorded_names_every_teacher_output():
-    """The report's "parts run": RPN/ROI/dense-head records and an SSD teacher's extras["ssd"]
-    (which the report missed: Chen 2017 on SSD was listed as running the backbone only)."""
+    """The report's "parts run": RPN/ROI/dense-head records and an SSD teacher's ``ssd`` record
+    (which the report once missed: Chen 2017 on SSD was listed as running the backbone only)."""
     import torch
 
     from benchmarking.measure import parts_recorded
-    from d2kd.modeling.records import DetectorRecord
+    from d2kd.records import DetectorRecord
 
     record = DetectorRecord(images=None, features={"p3": torch.zeros(1, 2, 4, 4)})
     assert parts_recorded(record) == ["features"]
-    record.extras["ssd"] = {"cls_logits": torch.zeros(1, 5, 3)}
+    record.ssd = object()
     assert parts_recorded(record) == ["features", "ssd"]
-    record.extras["not_a_part"] = 1
     record.head = object()
     assert parts_recorded(record) == ["features", "head", "ssd"]
 

@@ -8,7 +8,7 @@ So the benchmark measures, before it starts, what its jobs will cost here:
 * :func:`probe`: for each config the call trains, a few training steps exactly as
   ``train_net.py`` takes them (its trainer's model, optimizer, data loader and step loop, the
   ``train.amp`` autocast included: bfloat16 only where the CPU computes it natively, see
-  :func:`d2kd.teacher.native_bfloat16`), timed after one warm-up step, and one image's inference
+  :func:`d2kd.runtime.native_bfloat16`), timed after one warm-up step, and one image's inference
   for the evaluations. A distillation config runs against its teacher's weights, or, before the
   teacher exists, the probed teacher's (untrained, the same cost). A few seconds in all: the
   distillation configs beyond ``budget_s`` are not probed but priced at the measured ones' ratio
@@ -45,7 +45,7 @@ from detectron2.utils.events import EventStorage
 
 from d2kd.engine.amp import resolve_amp_dtype
 from d2kd.engine.trainer import Trainer
-from d2kd.teacher import native_bfloat16
+from d2kd.runtime import native_bfloat16
 
 from .registry import REPO
 

@@ -53,7 +53,7 @@ from omegaconf import OmegaConf
 
 import d2kd  # noqa: F401  (registers d2kd's models and datasets the configs name)
 from d2kd.export import student_model_config
-from d2kd.teacher import TEACHER_PARTS
+from d2kd.records import TEACHER_PARTS
 
 from .cost import model_cost
 
@@ -110,10 +110,8 @@ def _tensors(obj):
 
 
 def parts_recorded(record) -> List[str]:
-    """The teacher parts (``d2kd.teacher.TEACHER_PARTS``) a ``DetectorRecord`` holds: its fields,
-    and for an SSD teacher ``extras["ssd"]``."""
-    return [p for p in TEACHER_PARTS
-            if p == "features" or getattr(record, p, None) is not None or p in record.extras]
+    """The teacher parts (``d2kd.records.TEACHER_PARTS``) a ``DetectorRecord`` holds."""
+    return [p for p in TEACHER_PARTS if p == "features" or getattr(record, p, None) is not None]
 
 
 def _reload_time(cfg, batches):
@@ -187,7 +185,7 @@ def measure_overhead(
         teacher_times.append(time.perf_counter() - t0)
         checks["teacher_outputs_require_grad"].append(
             any(t.requires_grad or t.grad_fn is not None for t in _tensors(
-                [out.features, out.rpn, out.roi, out.head, out.extras])))
+                [out.features, out.rpn, out.roi, out.head, out.ssd])))
         checks["teacher_parts_run"].append(parts_recorded(out))
         return out
 
