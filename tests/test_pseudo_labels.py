@@ -5,7 +5,7 @@ import os
 import sys
 
 import pytest
-from conftest import D2_MISSING
+from conftest import D2_MISSING, tool_env
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -269,7 +269,7 @@ def test_cli_shards_then_merge_with_a_real_teacher(tmp_path):
             "configs/shapes/retinanet_student.py", "--weights", str(tmp_path / "t.pth"), "--source",
             str(folder), "--metadata-from", "shapes_train", "--output", str(out), "--score-thresh", "0.4",
             "--num-shards", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     r0 = subprocess.run(base + ["--shard-id", "0"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert r0.returncode == 0, r0.stderr[-3000:]
     assert not out.exists() and "ETA" in r0.stdout + r0.stderr and "not finished" in r0.stdout + r0.stderr

@@ -5,7 +5,7 @@ import os
 import pickle
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights, tool_env
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -374,7 +374,7 @@ def test_pseudo_label_tool_on_an_empty_folder(teachers, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools/pseudo_label.py"), "--config-file", "configs/shapes/retinanet_teacher.py",
          "--weights", teachers["retinanet_teacher"], "--source", str(empty), "--output", str(tmp_path / "pl.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=tool_env(OMP_NUM_THREADS="1"),
     )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
