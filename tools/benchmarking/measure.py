@@ -1,5 +1,8 @@
 """Speed, cost and memory measurements of the benchmark, each runnable in a fresh process.
 
+From the clone's root, with tools/ on the path (as ``tools/benchmark.py`` runs its measurement
+jobs: ``PYTHONPATH=tools``):
+
     python -m benchmarking.measure overhead --config KD.py --baseline STUDENT.py --output o.json [key=value ...]
     python -m benchmarking.measure memory --config X.py --output m.json [key=value ...]
     python -m benchmarking.measure cost --config T.py --config S.py --output c.json
