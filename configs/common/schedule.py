@@ -39,6 +39,8 @@ def step_schedule(max_iter, *, steps=(0.75, 0.92), warmup_iters=100, warmup_fact
 
 lr_multiplier = step_schedule(90000, steps=(60000 / 90000, 80000 / 90000), warmup_iters=1000)
 
+# Detectron2's ``train`` section (its configs/common/train.py) and the keys d2kd adds to it, the
+# list ``d2kd.engine.validate.TRAIN_KEYS`` (tests/test_train_keys.py checks that they agree).
 train = dict(
     output_dir="./output",
     init_checkpoint="",

@@ -42,17 +42,34 @@ def load_config(config_file: str, opts=()):
     return cfg
 
 
-#: Keys d2kd reads with a default when a config does not set them.
-OPTIONAL_KEYS = {
-    "train": (
-        "skip_nonfinite_kd_steps",  # d2kd.engine.nonfinite
-        "allow_pickle_checkpoints",  # d2kd.checkpoint
-        "allow_partial_init",  # Trainer.resume_or_load
-        "eval_teacher",
-        "clip_grad_norm",  # Trainer.build_optimizer
-    ),
-    "train.amp": ("precision",),  # d2kd.engine.amp
+#: The keys d2kd adds to Detectron2's LazyConfig ``train`` section (Detectron2's
+#: ``configs/common/train.py``), under ``train``, with what reads each. d2kd reads every one with
+#: a default, so a config built on Detectron2's own ``train`` runs, and takes overrides of them;
+#: ``configs/common/schedule.py`` writes them out with d2kd's values (all but ``amp.precision``,
+#: whose default depends on the device). tests/test_train_keys.py checks the config, the package
+#: and the docs against this list.
+TRAIN_KEYS = {
+    "clip_grad_norm": "Trainer.build_optimizer",
+    "eval_teacher": "Trainer.build_hooks (TeacherEvalHook)",
+    "skip_nonfinite_kd_steps": "d2kd.engine.nonfinite",
+    "allow_pickle_checkpoints": "d2kd.checkpoint",
+    "allow_partial_init": "Trainer.resume_or_load",
+    "amp.native_bfloat16": "d2kd.engine.amp",
+    "amp.precision": "d2kd.engine.amp",
 }
+
+
+def _by_section(keys):
+    """``{"train": (leaf, ...), "train.amp": (leaf, ...)}`` of keys relative to ``train``."""
+    out = {}
+    for key in keys:
+        section, _, leaf = f"train.{key}".rpartition(".")
+        out[section] = out.get(section, ()) + (leaf,)
+    return out
+
+
+#: Keys d2kd reads with a default when a config does not set them, by section.
+OPTIONAL_KEYS = _by_section(TRAIN_KEYS)
 
 #: Values a key takes besides those of its type in the config (checked by ``_check_type``).
 EXTRA_VALUES = {
