@@ -7,9 +7,10 @@ buildable from a yacs ``CfgNode`` (``DistillationRCNN.from_config``) and let
 LazyConfig ``.py``/``.yaml``, a yacs ``.yaml`` or a Detectron2 model-zoo config name.
 """
 import os
-from typing import Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from detectron2 import model_zoo
@@ -69,14 +70,52 @@ def is_yacs_yaml(path: str) -> bool:
 
 def build_model_from_config_file(config_file: str, opts: Sequence[str] = ()) -> nn.Module:
     """Build (but do not load) a model from a LazyConfig ``.py``/``.yaml`` or a yacs ``.yaml``."""
+    cfg = load_config_file(config_file, opts)
+    if isinstance(cfg, CN):
+        cfg.MODEL.DEVICE = "cpu"
+        return build_model(cfg)
+    return instantiate(cfg.model)
+
+
+# ---- reading any config file, and what it says ----------------------------------------------
+# One loader for "a yacs or a LazyConfig file" (the model builder above and the pseudo-labeller's
+# resize both read teacher configs given either way), and one reader of the test-time resize
+# (the predictor config of an export, the predictor itself, the pseudo-labeller).
+def load_config_file(config_file: str, opts: Sequence[str] = ()) -> Union[CN, DictConfig]:
+    """The config in ``config_file`` (a path or a Detectron2 model-zoo name) with ``opts``
+    applied: a yacs ``CfgNode`` with d2kd's keys for a yacs ``.yaml`` (``opts`` as
+    ``[KEY, value, ...]``), else a LazyConfig (``opts`` as ``key=value``)."""
     path = resolve_config_file(config_file)
     if path.endswith(".yaml") and is_yacs_yaml(path):
         cfg = get_cfg()
         add_d2kd_config(cfg)
         cfg.merge_from_file(path)
         cfg.merge_from_list(list(opts))
-        cfg.MODEL.DEVICE = "cpu"
-        return build_model(cfg)
-    cfg = LazyConfig.load(path)
-    cfg = LazyConfig.apply_overrides(cfg, list(opts))
-    return instantiate(cfg.model)
+        return cfg
+    return LazyConfig.apply_overrides(LazyConfig.load(path), list(opts))
+
+
+def config_test_resize(cfg: Union[CN, DictConfig]) -> Optional[Tuple[int, int]]:
+    """``(short_edge, max_size)`` of a loaded config's test-time resize, or None if it has none.
+
+    yacs: ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``. LazyConfig: the first resize among
+    ``dataloader.test.mapper.augmentations``: a ``ResizeShortestEdge`` (its first short edge;
+    ``max_size`` 1333 if unset, Detectron2's default), or a fixed ``Resize(shape)`` (the SSD
+    configs) as ``(min(shape), max(shape))``, exact for square images.
+    """
+    if isinstance(cfg, CN):
+        return int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
+    for aug in OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None) or []:
+        if not hasattr(aug, "get"):
+            continue  # an augmentation object, not a config node
+        target = aug.get("_target_", "")
+        name = (target if isinstance(target, str) else getattr(target, "__qualname__", "")).rsplit(".", 1)[-1]
+        if name == "ResizeShortestEdge":
+            short = aug.get("short_edge_length")
+            short = short[0] if isinstance(short, (list, tuple)) or OmegaConf.is_list(short) else short
+            return int(short), int(aug.get("max_size", 1333))
+        if name == "Resize" and "shape" in aug:
+            shape = aug.get("shape")
+            h, w = (shape, shape) if isinstance(shape, int) else tuple(shape)
+            return int(min(h, w)), int(max(h, w))
+    return None

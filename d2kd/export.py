@@ -38,7 +38,7 @@ from . import import_check  # noqa: F401  (first: a clear error where "d2kd" is 
 import d2kd  # noqa: F401,E402  (registers D2KDLazyModel, d2kd's backbones and datasets)
 
 from .checkpoint import OPT_IN_PREDICTOR, ReportingCheckpointer, load_torch_weights
-from .config import add_d2kd_config
+from .config import add_d2kd_config, config_test_resize
 
 #: Prefix of the distillers' parameters inside a distillation model's state dict.
 DISTILLER_PREFIX = "distillers."
@@ -61,31 +61,6 @@ def student_model_config(model_cfg):
     return cfg
 
 
-def _test_resize(cfg):
-    """(min_size, max_size) for DefaultPredictor's ResizeShortestEdge from the test mapper.
-
-    A fixed square ``Resize((s, s))`` (the SSD configs) becomes (s, s): exact for square images;
-    for other aspect ratios set ``predictor.aug = T.Resize((s, s))`` after building the predictor.
-    (0, 0) = no resize.
-    """
-    try:
-        augs = cfg.dataloader.test.mapper.augmentations
-    except Exception:
-        return 0, 0
-    for aug in augs or []:
-        target = aug.get("_target_", "")
-        target = (target if isinstance(target, str) else getattr(target, "__qualname__", "")).split(".")[-1]
-        if target == "ResizeShortestEdge":
-            size = aug.short_edge_length
-            size = size[0] if isinstance(size, (list, tuple)) else size
-            return int(size), int(aug.get("max_size", 1333))
-        if target == "Resize" and "shape" in aug:
-            shape = aug.shape
-            h, w = (shape, shape) if isinstance(shape, int) else tuple(shape)
-            return int(min(h, w)), int(max(h, w))
-    return 0, 0
-
-
 def write_predictor_config(cfg, model_config_file: str, weights: str, path: str) -> None:
     """A yacs config with which ``DefaultPredictor`` serves the LazyConfig model."""
     y = get_cfg()
@@ -94,7 +69,9 @@ def write_predictor_config(cfg, model_config_file: str, weights: str, path: str)
     y.MODEL.LAZY_CONFIG = os.path.abspath(model_config_file)
     y.MODEL.WEIGHTS = os.path.abspath(weights)
     y.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST = _test_resize(cfg)
+    # DefaultPredictor resizes like the test mapper; (0, 0): no resize. A square Resize((s, s))
+    # becomes (s, s), exact for square images (for others: predictor.aug = T.Resize((s, s))).
+    y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST = config_test_resize(cfg) or (0, 0)
     y.INPUT.FORMAT = OmegaConf.select(cfg, "model.input_format", default="BGR") or "BGR"
     test_name = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if test_name:
@@ -133,7 +110,8 @@ class Predictor(DefaultPredictor):
         ReportingCheckpointer(self.model, allow_pickle=self.allow_pickle, opt_in=OPT_IN_PREDICTOR).load(
             cfg.MODEL.WEIGHTS
         )
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        short, longest = config_test_resize(cfg)
+        self.aug = T.ResizeShortestEdge([short, short], longest)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR for a predictor, got {self.input_format!r}")

@@ -40,7 +40,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from ..checkpoint import load_weights
-from ..config import add_d2kd_config, build_model_from_config_file, is_yacs_yaml, resolve_config_file
+from ..config import build_model_from_config_file, config_test_resize, load_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -491,31 +491,9 @@ def register_pseudo_labeled_dataset(
 # The teacher as an annotator
 # ---------------------------------------------------------------------------------------------
 def teacher_test_resize(config_file: str, opts: Sequence[str] = ()) -> Tuple[int, int]:
-    """``(short_edge, max_size)`` of the teacher config's test-time resize.
-
-    yacs: ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``; LazyConfig: the ``ResizeShortestEdge`` of
-    ``dataloader.test.mapper.augmentations``. Falls back to Detectron2's (800, 1333).
-    """
-    path = resolve_config_file(config_file)
-    if path.endswith(".yaml") and is_yacs_yaml(path):
-        from detectron2.config import get_cfg
-
-        cfg = get_cfg()
-        add_d2kd_config(cfg)
-        cfg.merge_from_file(path)
-        cfg.merge_from_list(list(opts))
-        return int(cfg.INPUT.MIN_SIZE_TEST), int(cfg.INPUT.MAX_SIZE_TEST)
-    from detectron2.config import LazyConfig
-    from omegaconf import OmegaConf
-
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(opts))
-    for aug in OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None) or []:
-        target = str(aug.get("_target_", ""))
-        if "ResizeShortestEdge" in target:
-            short = aug.get("short_edge_length")
-            short = short[0] if isinstance(short, (list, tuple)) or OmegaConf.is_list(short) else short
-            return int(short), int(aug.get("max_size", 1333))
-    return 800, 1333
+    """``(short_edge, max_size)`` of the teacher config's test-time resize
+    (:func:`d2kd.config.config_test_resize`); Detectron2's (800, 1333) if it has none."""
+    return config_test_resize(load_config_file(config_file, opts)) or (800, 1333)
 
 
 def build_annotator(
