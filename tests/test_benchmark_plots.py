@@ -59,8 +59,26 @@ def test_ap_curves_only_where_runs_were_evaluated_along_the_way(tmp_path):
     assert f"No `ap_curves.png`: {reason}." in md
     # evaluated 4 times along the way (--evals 4): curves
     res = _results(evals=((250, 5.0), (500, 8.0), (750, 10.0), (1000, None)))
-    assert write_plots(res, str(tmp_path)) == ["ap_per_method.png", "loss_curves.png", "ap_curves.png"]
+    assert write_plots(res, str(tmp_path)) == ["ap_per_method.png", "loss_curves.png", "ap_curves.png",
+                                                "ap_curves_per_method.png"]
     assert res["plots_skipped"] == {} and (tmp_path / "ap_curves.png").stat().st_size > 1000
+    assert (tmp_path / "ap_curves_per_method.png").stat().st_size > 1000
+
+
+def test_a_methods_panel_draws_seed_means_of_baseline_distilled_and_wall_clock_baseline():
+    from benchmarking.plots import method_curves
+
+    res = _results(evals=((500, None), (1000, None)))
+    d = res["detectors"]["faster_rcnn"]
+    d["methods"]["fgfi"]["runs"][1]["curves"]["ap_iter"] = [500, 750, 1000]  # an extra evaluation in one seed
+    d["methods"]["fgfi"]["runs"][1]["curves"]["ap"] = [17.7, 1.0, 17.7]
+    d["methods"]["fgfi"]["baseline"] = "default"
+    drawn = method_curves(d, "fgfi")
+    assert [label for label, *_ in drawn] == ["baseline", "fgfi", "baseline, fgfi's wall-clock (×1.35 iterations)"]
+    (_, its_b, ap_b, _), (_, its_k, ap_k, _), (_, its_w, ap_w, _) = drawn
+    assert its_b == [500, 1000] and ap_b == pytest.approx([13.0, 13.0])  # (13.1 + 12.9) / 2
+    assert its_k == [500, 1000] and ap_k == pytest.approx([16.65, 16.65])  # 750: not evaluated in every seed
+    assert ap_w == pytest.approx([20.5, 20.5])
 
 
 def _vis_tool():

@@ -135,6 +135,60 @@ def plot_curves(results: Dict, path: str, what: str) -> str:
     return path
 
 
+def mean_curve(runs: List[Dict]) -> Tuple[List[int], List[float]]:
+    """The seed-mean AP curve of ``runs``: at each iteration where every run was evaluated."""
+    curves = [dict(zip((r.get("curves") or {}).get("ap_iter") or [], (r.get("curves") or {}).get("ap") or []))
+              for r in runs if r.get("eval")]
+    if not curves:
+        return [], []
+    its = sorted(set.intersection(*(set(c) for c in curves)))
+    return its, [sum(c[i] for c in curves) / len(curves) for i in its]
+
+
+def method_curves(d: Dict, method: str) -> List[Tuple[str, List[int], List[float], str]]:
+    """What a method's panel draws: ``(label, iterations, seed-mean AP, line style)`` for the
+    baseline, the distilled student and the baseline trained for the distilled run's wall-clock."""
+    r = d["methods"][method]
+    base = d["baselines"].get(r.get("baseline", "default")) or next(iter(d["baselines"].values()))
+    out = [("baseline", *mean_curve(base["runs"]), "--"), (method, *mean_curve(r["runs"]), "-")]
+    wc = r.get("wallclock") or {}
+    if wc.get("runs"):
+        ratio = wc.get("step_ratio")
+        out.append((f"baseline, {method}'s wall-clock" + (f" (×{ratio:.2f} iterations)" if ratio else ""),
+                    *mean_curve(wc["runs"]), ":"))
+    return out
+
+
+def plot_method_curves(results: Dict, path: str) -> str:
+    """One panel per (detector, method): seed-mean AP against iteration of the baseline, the
+    distilled student and the equal-wall-clock baseline, with the teacher's AP as a line — does
+    distillation pay at equal iterations, at equal time, and from when."""
+    panels = [(det, m) for det, d in results["detectors"].items() for m in d["methods"]]
+    cols = min(3, max(len(panels), 1))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (det, m) in zip(axes.flat, panels):
+        d = results["detectors"][det]
+        for (label, its, aps, style), color in zip(method_curves(d, m), ("#777777", "#1f77b4", "#aaaaaa")):
+            if its:
+                ax.plot(its, aps, style, color=color, marker="o", markersize=3, linewidth=1.2, label=label)
+        te = (d.get("teacher") or {}).get("eval") or {}
+        if _ok(te.get("AP")):
+            ax.axhline(te["AP"], color="black", linewidth=0.8, linestyle="-.", label="teacher")
+        ax.set_title(f"{det} / {m}")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("box AP (mean over seeds)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def has_ap_curves(results: Dict) -> bool:
     """Whether some run was evaluated at two iterations or more (a curve, not a dot)."""
     for d in results["detectors"].values():
@@ -152,8 +206,9 @@ def write_plots(results: Dict, out_dir: str) -> List[str]:
     skipped = results.setdefault("plots_skipped", {})
     for name, fn in (("ap_per_method.png", plot_ap_per_method),
                      ("loss_curves.png", lambda r, p: plot_curves(r, p, "loss")),
-                     ("ap_curves.png", lambda r, p: plot_curves(r, p, "ap"))):
-        if name == "ap_curves.png" and not has_ap_curves(results):
+                     ("ap_curves.png", lambda r, p: plot_curves(r, p, "ap")),
+                     ("ap_curves_per_method.png", plot_method_curves)):
+        if name.startswith("ap_curves") and not has_ap_curves(results):
             skipped[name] = ("each run was evaluated once, at its end: no AP curve to draw "
                              "(--evals N evaluates every run N times along the way)")
             if os.path.isfile(os.path.join(out_dir, name)):

@@ -161,13 +161,39 @@ def summarize_runs(runs: List[Dict]) -> Dict:
     return out
 
 
+#: Two-sided 95 % quantiles of Student's t, t(0.975; df) for df = 1..30 (beyond: the normal 1.960).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        raise ValueError(f"a t interval needs at least 1 degree of freedom, got {df}")
+    return T975[df - 1] if df <= len(T975) else 1.960
+
+
 def paired_gain(a_runs: List[Dict], b_runs: List[Dict], metric: str = "AP") -> Dict:
-    """Gain of ``a`` over ``b``: mean ± s.d. of the seed-matched differences of ``metric``."""
+    """Gain of ``a`` over ``b`` from the seed-matched differences d_s = a_s − b_s of ``metric``:
+    their mean ± s.d., and the 95 % confidence interval of the mean gain,
+    mean ± t(0.975; n−1) · s.d. / √n (``low``/``high``; None with fewer than 2 pairs). Pairing
+    by seed removes what the two runs share (data order, initialisation), which is most of the
+    seed-to-seed spread of either run alone."""
     b_by_seed = {r["seed"]: r for r in b_runs if r.get("eval")}
     diffs = [r["eval"][metric] - b_by_seed[r["seed"]]["eval"][metric]
              for r in a_runs if r.get("eval") and r["seed"] in b_by_seed]
     mu, sd, n = mean_sd(diffs)
-    return {"mean": mu, "sd": sd, "n_pairs": n}
+    out = {"mean": mu, "sd": sd, "n_pairs": n, "low": None, "high": None}
+    if n >= 2:
+        half = t975(n - 1) * sd / math.sqrt(n)
+        out.update(low=mu - half, high=mu + half)
+    return out
+
+
+def clears(gain: Dict, target: float) -> bool:
+    """A gain target is met only when the 95 % interval's lower bound clears it (so a mean above
+    the target with a wide spread over seeds is not a PASS); without an interval, never."""
+    return gain.get("low") is not None and gain["low"] >= target
 
 
 # ---- formatting ------------------------------------------------------------------------------
@@ -184,6 +210,13 @@ def _pm(stat, nd=1, sign=False):
     if stat.get("sd") and not math.isnan(stat["sd"]) and stat["sd"] > 0:
         s += f" ± {stat['sd']:.{nd}f}"
     return s
+
+
+def _gain(stat, nd=1):
+    """A paired gain: ``+x.x [lo, hi]`` (its 95 % interval) where there is one, else ``_pm``."""
+    if not stat or stat.get("low") is None:
+        return _pm(stat, nd, sign=True)
+    return f"{_f(stat['mean'], nd, True)} [{_f(stat['low'], nd, True)}, {_f(stat['high'], nd, True)}]"
 
 
 def _ap_digits(d: Dict) -> int:
@@ -224,8 +257,9 @@ def markdown(results: Dict) -> str:
     L.append(f"Started {s['started']}, took {s.get('wall_clock', '?')}{estimated}; "
              f"{s['n_parallel']} job(s) in parallel, {s['threads']} thread(s) each; "
              f"load average at start {s.get('load_start', '?')}, at end {s.get('load_end', '?')}.  ")
-    L.append(f"Seeds: {', '.join(map(str, s['seeds']))}. Mean ± s.d. over seeds; gains are the mean ± s.d. "
-             "of seed-matched differences. AP is COCO box AP (%) on the validation split "
+    L.append(f"Seeds: {', '.join(map(str, s['seeds']))}. Mean ± s.d. over seeds; a gain is the mean of the "
+             "seed-matched differences with its 95 % confidence interval [low, high] (Student's t, n − 1 "
+             "degrees of freedom; mean ± s.d. with one pair). AP is COCO box AP (%) on the validation split "
              f"`{s.get('val_set', '?')}`.\n")
     for det, d in results["detectors"].items():
         L.append(f"## {det}\n")
@@ -250,8 +284,8 @@ def markdown(results: Dict) -> str:
             ms = r["summary"]
             wc = r.get("wallclock") or {}
             L.append(f"| **{m}** | {ms['iters']} | {_pm(ms['AP'], nd)} | {_pm(ms['AP50'], nd)} | {_pm(ms['APs'], nd)} | "
-                     f"{_pm(r['gain_equal_iters'], nd, sign=True)} | {_f(100 * r['gap_closure'], 0) + ' %' if r.get('gap_closure') is not None and not math.isnan(r['gap_closure']) else '–'} | "
-                     f"{_pm(r.get('gain_equal_wallclock'), nd, sign=True)} | {_pm(ms['train_s'], 0)} | {_pm(ms['s_per_iter'], 3)} |")
+                     f"{_gain(r['gain_equal_iters'], nd)} | {_f(100 * r['gap_closure'], 0) + ' %' if r.get('gap_closure') is not None and not math.isnan(r['gap_closure']) else '–'} | "
+                     f"{_gain(r.get('gain_equal_wallclock'), nd)} | {_pm(ms['train_s'], 0)} | {_pm(ms['s_per_iter'], 3)} |")
             if wc.get("summary"):
                 ws = wc["summary"]
                 L.append(f"| baseline, wall-clock of {m} (×{_f(wc.get('step_ratio'), 2)}) | {ws['iters']} | "
