@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # name -> register_shapes kwargs. All 128 px (the tiny ones too, so that a config can swap a
-# tiny split in without changing its input sizes; 48 images render in ~0.1 s).
+# tiny split in without changing its input sizes: a few dozen images render in no time).
 SHAPES_SPLITS = {
     "shapes_train": dict(num_images=2000, seed=1001),
     "shapes_val": dict(num_images=300, seed=2002),

@@ -89,7 +89,7 @@ GENERATOR_VERSION = 2
 
 # ---- generation parameters (relative to image size S) -------------------------------------
 # Version 1 (4..16 objects from 5 px, 15 % camouflaged, 2..8 distractors) was too hard to learn
-# from scratch in a CPU budget: a 4.9M RetinaNet reached 0.8 AP after 1500 iterations.
+# from scratch in a CPU budget (docs/results.md, "How the shapes recipe was calibrated").
 _MIN_OBJECTS, _MAX_OBJECTS = 3, 8  # objects drawn per image, before the occlusion filter
 _MIN_SIZE_PX = 12.0  # smallest circumscribed diameter (at any S, but >= 0.08 S)
 _MIN_SIZE_FRAC = 0.08
@@ -387,7 +387,7 @@ _NOISE_BANK_SIZE = 1 << 20
 @functools.lru_cache(maxsize=1)
 def _noise_bank() -> np.ndarray:
     """1M fixed standard-normal values: a per-image random window of it is much cheaper than
-    drawing fresh Gaussian noise (0.03 vs 0.5 ms at 128 px) and just as deterministic."""
+    drawing fresh Gaussian noise (an order of magnitude) and just as deterministic."""
     return np.random.default_rng(20240917).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
 
 
@@ -552,9 +552,8 @@ class _PngCache:
     """The encoded PNGs of the most recently served images, within a byte budget.
 
     A training run draws each image several times (1000 iterations x 8 images of a 2000-image
-    split: 4 times), and rendering + encoding is 1.8 ms of the 2.0 ms a 128 px image takes to
-    load (the PNG decode in ``read_image`` is the rest): 11 ms of a Faster R-CNN student's 160 ms
-    step. 128 MB holds a 128 px split of 2600 images. One per process (DataLoader workers each
+    split: 4 times), and rendering + encoding is most of what loading an image costs (the PNG
+    decode in ``read_image`` is the rest). 128 MB holds a 128 px split of 2600 images. One per process (DataLoader workers each
     fill their own)."""
 
     def __init__(self, max_bytes: int):

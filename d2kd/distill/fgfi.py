@@ -91,8 +91,7 @@ def fgfi_masks_batch(
             or ``"per_level"`` (each level's own max).
 
     One IoU over all levels' anchors and the batch's GT (padded to the largest count): a few
-    tensor ops per batch instead of a few per image and level (the per-image loop was a third
-    of FGFI's own cost per step on the CPU shapes student).
+    tensor ops per batch instead of a few per image and level.
     """
     if max_over not in ("all_levels", "per_level"):
         raise ValueError(f"FGFI: max_over must be 'all_levels' or 'per_level', got {max_over!r}")
@@ -282,8 +281,8 @@ class FGFI(Distiller):
 
         The loss only reads the adapter at mask cells (typically 10-30 % of a map), so the 3×3
         conv is evaluated there alone: each cell's 3×3 neighbourhood is gathered from the
-        zero-padded map (the conv's padding) and multiplied by the conv weight. On the CPU shapes
-        student the dense adapters cost as much as the student's own forward/backward; gathering
+        zero-padded map (the conv's padding) and multiplied by the conv weight: a dense adapter on
+        every level costs about as much as a small student's own forward/backward. Gathering
         by index rather than ``F.unfold`` keeps the backward a scatter onto the M·9 gathered rows
         instead of a ``col2im`` over every cell of the map."""
         conv = self.adapters[level][0]

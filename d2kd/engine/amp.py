@@ -1,11 +1,10 @@
 """Mixed-precision training on the model's own device: ``train.amp``.
 
 Detectron2's ``AMPTrainer`` is CUDA-only (it asserts CUDA and uses ``torch.cuda.amp``). On a CPU
-that computes bfloat16 natively (AVX512-BF16 / AMX) a bfloat16 autocast forward makes a training
-step of the shapes Faster R-CNN teacher 1.38x faster (582 -> 423 ms, batch 8, 1 thread) and of
-the RetinaNet teacher 1.6x (249 -> 156 ms); the 0.35 M-parameter students gain ~5 % (their step is
-dominated by RoIAlign's backward, NMS and Python). Where bfloat16 is emulated it is slower than
-fp32, hence "auto".
+that computes bfloat16 natively (AVX512-BF16 / AMX) a bfloat16 autocast forward makes a
+convolution-bound training step (the shapes teachers) markedly faster and a small student's step
+(dominated by RoIAlign's backward, NMS and Python) barely; the figures are in docs/results.md.
+Where bfloat16 is emulated it is slower than fp32, hence "auto".
 
 ``train.amp.enabled``: ``False`` | ``True`` | ``"auto"`` (on where the device computes bfloat16
 natively, see :func:`d2kd.runtime.native_bfloat16`; then in bfloat16).

@@ -35,7 +35,7 @@ class TeacherEvalHook(HookBase):
         if comm.is_main_process():
             if flat:
                 self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
-            # A short run can spend most of its time here (1:48 of a 2:42 smoke run): say so.
+            # A short run can spend most of its time evaluating: say so.
             headline = {k: round(v, 3) for k, v in flat.items() if k.rsplit("/", 1)[-1] in ("AP", "AP50", "AP75")}
             logger.info(
                 "Teacher evaluated before training in %s (skip this with train.eval_teacher=False): %s",
