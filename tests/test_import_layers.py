@@ -34,16 +34,13 @@ LAYERS = [
     ("distillation meta-architectures", ["d2kd.modeling.meta_arch.*", "d2kd.modeling", "d2kd"]),
     ("engine, export", ["d2kd.engine.*", "d2kd.export"]),
 ]
-#: Leaving the package (helper "bench" moves it to tools/); nothing in d2kd may import it.
-IGNORED = "d2kd.benchmark"
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---- reading the package ------------------------------------------------------------------------
 def package_modules(root: str, package: str = "d2kd") -> Dict[str, str]:
     """``{dotted module name: file}`` of every module under ``root/package`` (a package is its
-    ``__init__.py``), without the ignored subpackage."""
+    ``__init__.py``)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(os.path.join(root, package)):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
@@ -52,8 +49,6 @@ def package_modules(root: str, package: str = "d2kd") -> Dict[str, str]:
             if not f.endswith(".py"):
                 continue
             name = rel if f == "__init__.py" else f"{rel}.{f[:-3]}"
-            if name == IGNORED or name.startswith(IGNORED + "."):
-                continue
             out[name] = os.path.join(dirpath, f)
     return out
 
@@ -206,12 +201,6 @@ def test_no_d2kd_import_inside_a_function():
     for a d2kd module: that would hide an import circle or an upward import from a reader."""
     _, in_function = import_graph()
     assert not in_function, "\n".join(f"{m} line {line}: imports {t} inside a function" for m, line, t in in_function)
-
-
-def test_nothing_imports_the_benchmark():
-    graph, in_function = import_graph()
-    users = sorted(m for m, targets in graph.items() if any(t == IGNORED or t.startswith(IGNORED + ".") for t in targets))
-    assert not users, f"d2kd modules importing {IGNORED}: {users}"
 
 
 def test_the_checker_finds_a_circle_and_an_upward_import(tmp_path):
