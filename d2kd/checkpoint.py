@@ -132,6 +132,19 @@ OPT_IN_PREDICTOR = (
 OPT_IN_YACS_TEACHER = "MODEL.DISTILL.TEACHER.ALLOW_PICKLE True"
 
 
+def last_checkpoint(output_dir: Optional[str]) -> Optional[str]:
+    """The checkpoint ``output_dir/last_checkpoint`` names (what ``--resume`` loads), if both exist."""
+    if not output_dir:
+        return None
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    path = os.path.join(output_dir, name)
+    return path if name and os.path.isfile(path) else None
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A ``.pkl`` file needs more than numpy arrays and plain containers to load."""
 

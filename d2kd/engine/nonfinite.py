@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import last_checkpoint
 from ..distill.base import is_kd_loss_key, parse_kd_loss_key
 from ..runtime import current_iteration, put_scalar, unwrap_model
 
@@ -67,18 +68,6 @@ def describe_term(model: nn.Module, key: str, value: float) -> str:
     if is_kd_loss_key(key):
         return f"{key} = {_fmt(value)} (a KD term)"
     return f"{key} = {_fmt(value)} (the student's detector loss)"
-
-
-def last_checkpoint(output_dir: Optional[str]) -> Optional[str]:
-    if not output_dir:
-        return None
-    try:
-        with open(os.path.join(output_dir, "last_checkpoint")) as f:
-            name = f.read().strip()
-    except OSError:
-        return None
-    path = os.path.join(output_dir, name)
-    return path if name and os.path.isfile(path) else None
 
 
 def graph_zero(model: nn.Module, key: str, like: Tensor) -> Tensor:

@@ -13,6 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _ok(x):
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
@@ -64,10 +71,7 @@ def plot_ap_per_method(results: Dict, path: str) -> str:
         ax.set_ylabel("box AP (mean ± s.d. over seeds; dots: seeds)")
         ax.set_title(det)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _max_bars(results):
@@ -129,10 +133,7 @@ def plot_curves(results: Dict, path: str, what: str) -> str:
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def mean_curve(runs: List[Dict]) -> Tuple[List[int], List[float]]:
@@ -183,10 +184,7 @@ def plot_method_curves(results: Dict, path: str) -> str:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def has_ap_curves(results: Dict) -> bool:

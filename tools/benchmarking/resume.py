@@ -27,6 +27,8 @@ import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
+from d2kd.checkpoint import last_checkpoint
+
 STARTED = "benchmark_started.json"
 STALE = "stale"
 #: What a run writes that a run started afresh in the same folder must not read as its own.
@@ -57,17 +59,6 @@ def _read_json(path: str) -> Optional[Dict]:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def last_checkpoint(out_dir: str) -> Optional[str]:
-    """The checkpoint ``out_dir/last_checkpoint`` names, if that file exists."""
-    try:
-        with open(os.path.join(out_dir, "last_checkpoint")) as f:
-            name = f.read().strip()
-    except OSError:
-        return None
-    path = os.path.join(out_dir, name)
-    return path if name and os.path.isfile(path) else None
 
 
 def checkpoint_iteration(path: str) -> Optional[int]:
