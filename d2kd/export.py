@@ -7,7 +7,9 @@ Writes into ``output_dir``:
   ``config.yaml`` loads it with no missing or unexpected keys.
 - ``config.yaml``: LazyConfig with the student ``model`` (its stock class) and the test
   ``dataloader``.
-- ``predictor.yaml``: a yacs config for ``DefaultPredictor`` (see :func:`load_predictor_config`).
+- ``predictor.yaml``: a yacs config for ``DefaultPredictor`` (see :func:`load_predictor_config`),
+  with paths relative to ``output_dir`` and no device: the folder is self-contained (it can be
+  moved, or copied to a machine with or without a GPU).
 
 Serving it: :func:`build_predictor` (``tools/demo.py``) returns a ``DefaultPredictor`` whose
 weights are read by d2kd's checkpointer, which never runs code from a file (a ``.pkl`` that
@@ -21,9 +23,10 @@ Usage: ``python -m d2kd.export --config-file RUN/config.yaml --weights RUN/model
 import argparse
 import copy
 import os
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from detectron2.config import CfgNode, LazyConfig, get_cfg
@@ -61,14 +64,27 @@ def student_model_config(model_cfg):
     return cfg
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated values out (no ``&id001`` anchors): the file stays readable by hand."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def write_predictor_config(cfg, model_config_file: str, weights: str, path: str) -> None:
-    """A yacs config with which ``DefaultPredictor`` serves the LazyConfig model."""
+    """A yacs config with which ``DefaultPredictor`` serves the LazyConfig model.
+
+    The folder it is written to is self-contained: ``MODEL.LAZY_CONFIG`` and ``MODEL.WEIGHTS``
+    are relative to the file's folder (:func:`load_predictor_config` resolves them), and no
+    ``MODEL.DEVICE`` is written (the loader picks the available one), so the folder can be
+    moved or copied to another machine.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
     y = get_cfg()
     add_d2kd_config(y)
     y.MODEL.META_ARCHITECTURE = "D2KDLazyModel"
-    y.MODEL.LAZY_CONFIG = os.path.abspath(model_config_file)
-    y.MODEL.WEIGHTS = os.path.abspath(weights)
-    y.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    y.MODEL.LAZY_CONFIG = os.path.relpath(os.path.abspath(model_config_file), folder)
+    y.MODEL.WEIGHTS = os.path.relpath(os.path.abspath(weights), folder)
     # DefaultPredictor resizes like the test mapper; (0, 0): no resize. A square Resize((s, s))
     # becomes (s, s), exact for square images (for others: predictor.aug = T.Resize((s, s))).
     y.INPUT.MIN_SIZE_TEST, y.INPUT.MAX_SIZE_TEST = config_test_resize(cfg) or (0, 0)
@@ -76,15 +92,43 @@ def write_predictor_config(cfg, model_config_file: str, weights: str, path: str)
     test_name = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if test_name:
         y.DATASETS.TEST = (test_name,) if isinstance(test_name, str) else tuple(test_name)
+    data = yaml.safe_load(y.dump())
+    del data["MODEL"]["DEVICE"]  # chosen where the folder is loaded, not where it was exported
     with open(path, "w") as f:
-        f.write(y.dump())
+        yaml.dump(data, f, Dumper=_PlainDumper)
 
 
-def load_predictor_config(path: str):
-    """Load a ``predictor.yaml`` written by d2kd into a yacs config for ``DefaultPredictor``."""
+def default_device() -> str:
+    """``cuda`` where a GPU is available, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve(path: str, folder: str) -> str:
+    """``path`` relative to ``folder``, unless it is empty, absolute or a URL (``scheme://``)."""
+    if not path or os.path.isabs(path) or "://" in path:
+        return path
+    return os.path.normpath(os.path.join(folder, path))
+
+
+def load_predictor_config(path: str, *, device: Optional[str] = None):
+    """Load a ``predictor.yaml`` written by d2kd into a yacs config for ``DefaultPredictor``.
+
+    Relative ``MODEL.LAZY_CONFIG``/``MODEL.WEIGHTS`` are resolved against the file's folder.
+    ``MODEL.DEVICE``: ``device`` if given, else the file's if it names one (exports written
+    before the folder became portable do), else :func:`default_device`.
+    """
     y = get_cfg()
     add_d2kd_config(y)
     y.merge_from_file(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    y.MODEL.LAZY_CONFIG = _resolve(y.MODEL.LAZY_CONFIG, folder)
+    y.MODEL.WEIGHTS = _resolve(y.MODEL.WEIGHTS, folder)
+    with open(path) as f:
+        written = yaml.safe_load(f) or {}
+    if device:
+        y.MODEL.DEVICE = device
+    elif "DEVICE" not in (written.get("MODEL") or {}):
+        y.MODEL.DEVICE = default_device()
     return y
 
 
@@ -117,9 +161,19 @@ class Predictor(DefaultPredictor):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR for a predictor, got {self.input_format!r}")
 
 
-def build_predictor(path_or_cfg: Union[str, CfgNode], *, allow_pickle: bool = False) -> Predictor:
-    """A :class:`Predictor` from a ``predictor.yaml`` path (or its loaded yacs config)."""
-    cfg = load_predictor_config(path_or_cfg) if isinstance(path_or_cfg, str) else path_or_cfg
+def build_predictor(
+    path_or_cfg: Union[str, CfgNode], *, allow_pickle: bool = False, device: Optional[str] = None
+) -> Predictor:
+    """A :class:`Predictor` from a ``predictor.yaml`` path (or its loaded yacs config), on
+    ``device`` if given (else the config's: :func:`load_predictor_config`)."""
+    if isinstance(path_or_cfg, str):
+        cfg = load_predictor_config(path_or_cfg, device=device)
+    else:
+        cfg = path_or_cfg
+        if device:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.DEVICE = device
     return Predictor(cfg, allow_pickle=allow_pickle)
 
 
