@@ -2,16 +2,33 @@
 
 What a detector computed on one training batch, one file per detector family (:mod:`.rcnn`,
 :mod:`.retinanet`, :mod:`.ssd`: each its record types and the code that fills them), gathered in
-a :class:`DetectorRecord` (:mod:`.base`). This package imports nothing of d2kd above it: models
-and methods import it, never the other way round.
+a :class:`DetectorRecord` (:mod:`.base`). Methods read them through family-neutral views
+(:mod:`.views`). This package imports nothing of d2kd above it: models and methods import it,
+never the other way round.
 """
-from .base import TEACHER_PART_TABLE, TEACHER_PARTS, DetectorRecord, TeacherPart, detector_num_classes  # noqa: F401
-from .rcnn import ROIRecord, RPNRecord, roi_box_outputs, roi_heads_training, rpn_outputs  # noqa: F401
+from .base import (  # noqa: F401
+    RECORD_LAYOUT_TABLE,
+    TEACHER_PART_TABLE,
+    TEACHER_PARTS,
+    DetectorRecord,
+    TeacherPart,
+    detector_num_classes,
+    record_layout,
+)
+from .rcnn import ROIRecord, RPNRecord, rcnn_layout, roi_box_outputs, roi_heads_training, rpn_outputs  # noqa: F401
 from .retinanet import (  # noqa: F401
     DenseHeadLayout,
     DenseHeadRecord,
     check_same_dense_head_layout,
     dense_head_layout,
     retinanet_head_outputs,
+    retinanet_layout,
 )
-from .ssd import SSDRecord, check_same_priors, check_ssd_prior_layout, is_ssd, ssd_outputs  # noqa: F401
+from .ssd import SSDRecord, check_same_priors, check_ssd_prior_layout, is_ssd, ssd_layout, ssd_outputs  # noqa: F401
+from .views import (  # noqa: F401
+    AnchorsLayout,
+    AnchorsView,
+    ClassifierLayout,
+    ClassifierView,
+    RecordLayout,
+)

@@ -4,7 +4,9 @@ Detectron2's detectors return only their losses in training. Distillers need the
 between (features, per-anchor logits, ROI features ...). The distillation meta-architectures
 run the student's parts openly (the ``*_outputs`` functions of this package) and record them in
 a :class:`DetectorRecord`; the teacher fills the same record for the parts the distillers asked
-for, by looping over :data:`TEACHER_PART_TABLE`.
+for, by looping over :data:`TEACHER_PART_TABLE`. Methods read the record through family-neutral
+views (:mod:`.views`): ``DetectorRecord.anchors_view()``/``classifier_view()`` per batch, and
+:func:`record_layout` of a model at build time (from :data:`RECORD_LAYOUT_TABLE`).
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -13,11 +15,23 @@ from torch import Tensor, nn
 
 from detectron2.structures import ImageList, Instances
 
-from .rcnn import ROIRecord, RPNRecord, roi_box_outputs, rpn_outputs
-from .retinanet import DenseHeadRecord, dense_head_layout, retinanet_head_outputs
-from .ssd import SSDRecord, is_ssd, ssd_outputs
+from .rcnn import ROIRecord, RPNRecord, rcnn_layout, roi_box_outputs, rpn_outputs
+from .retinanet import DenseHeadRecord, dense_head_layout, retinanet_head_outputs, retinanet_layout
+from .ssd import SSDRecord, is_ssd, ssd_layout, ssd_outputs
+from .views import AnchorsView, ClassifierView, RecordLayout
 
-__all__ = ["DetectorRecord", "TeacherPart", "TEACHER_PART_TABLE", "TEACHER_PARTS", "detector_num_classes"]
+__all__ = [
+    "DetectorRecord",
+    "TeacherPart",
+    "TEACHER_PART_TABLE",
+    "TEACHER_PARTS",
+    "RECORD_LAYOUT_TABLE",
+    "record_layout",
+    "detector_num_classes",
+]
+
+#: The record slots of a detector's own outputs, in the order a view looks for them.
+_SLOTS = ("rpn", "roi", "head", "ssd")
 
 
 @dataclass
@@ -35,6 +49,34 @@ class DetectorRecord:
     roi: Optional[ROIRecord] = None
     head: Optional[DenseHeadRecord] = None
     ssd: Optional[SSDRecord] = None
+
+    def parts(self) -> List[str]:
+        """The filled slots, "features" first."""
+        return ["features"] + [slot for slot in _SLOTS if getattr(self, slot) is not None]
+
+    def anchors_view(self) -> AnchorsView:
+        """The anchors of the first-stage dense predictor (``rpn`` or ``head``)."""
+        return self._view("anchors_view", "anchors (an RPN's or a dense head's)")
+
+    def classifier_view(self) -> ClassifierView:
+        """The final classification, one row per scored box (``roi`` or ``head``)."""
+        return self._view("classifier_view", "classifier outputs (ROI or dense-head logits)")
+
+    def _view(self, method: str, what: str):
+        # one record holds one detector's slots: the first filled slot that gives the view
+        for slot in _SLOTS:
+            value = getattr(self, slot)
+            if value is not None and hasattr(value, method):
+                return getattr(value, method)()
+        givers = [slot for slot, cls in _SLOT_TYPES.items() if hasattr(cls, method)]
+        raise ValueError(
+            f"this record has no {what}: they come from the slot {' or '.join(repr(g) for g in givers)}, "
+            f"and the record holds {self.parts()} (a method must declare the part in its "
+            f"student_needs/teacher_needs)"
+        )
+
+
+_SLOT_TYPES = {"rpn": RPNRecord, "roi": ROIRecord, "head": DenseHeadRecord, "ssd": SSDRecord}
 
 
 #: ``recorder(model, images, features, student_record)`` -> the value of the record's slot.
@@ -98,6 +140,27 @@ TEACHER_PART_TABLE: Dict[str, TeacherPart] = {
 
 #: Parts of the teacher a distiller may ask for (see ``Distiller.teacher_needs``).
 TEACHER_PARTS = tuple(TEACHER_PART_TABLE)
+
+
+#: Per detector family, ``layout(model)`` -> its :class:`RecordLayout`, or None if ``model`` is
+#: not of that family (duck-typed, as the teacher part table: records know the families, methods
+#: do not). :func:`record_layout` asks them in this order.
+RECORD_LAYOUT_TABLE: Dict[str, Callable[[nn.Module], Optional[RecordLayout]]] = {
+    "rcnn": rcnn_layout,
+    "retinanet": retinanet_layout,
+    "ssd": ssd_layout,
+}
+
+
+def record_layout(model: nn.Module) -> RecordLayout:
+    """What a record of ``model`` holds (its parts, feature shapes, anchors and classifier
+    layouts), from the model alone: methods call it in ``bind`` to state their needs and read
+    their levels. A model of no known family records its features only."""
+    for layout in RECORD_LAYOUT_TABLE.values():
+        found = layout(model)
+        if found is not None:
+            return found
+    return RecordLayout(parts=["features"], feature_shapes=dict(model.backbone.output_shape()))
 
 
 def detector_num_classes(model: nn.Module) -> Optional[int]:

@@ -17,7 +17,9 @@ from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Boxes, ImageList, Instances
 
-__all__ = ["RPNRecord", "ROIRecord", "rpn_outputs", "roi_box_outputs", "roi_heads_training"]
+from .views import AnchorsLayout, AnchorsView, ClassifierLayout, ClassifierView, RecordLayout
+
+__all__ = ["RPNRecord", "ROIRecord", "rpn_outputs", "roi_box_outputs", "roi_heads_training", "rcnn_layout"]
 
 
 @dataclass
@@ -27,6 +29,10 @@ class RPNRecord:
     anchor_deltas: List[Tensor]  # per level, (N, Hi*Wi*A, 4)
     gt_labels: Optional[List[Tensor]] = None  # per image, (R,): 1 fg, 0 bg, -1 ignored/unsampled
     gt_boxes: Optional[List[Tensor]] = None  # per image, (R, 4) matched GT boxes
+    levels: Optional[List[str]] = None  # the RPN's ``in_features``, the levels of the lists above
+
+    def anchors_view(self) -> AnchorsView:
+        return AnchorsView(levels=self.levels, anchors=self.anchors)
 
 
 @dataclass
@@ -36,6 +42,20 @@ class ROIRecord:
     box_features: Tensor  # (R, D): the box head's output, what the predictor sees
     scores: Tensor  # (R, K+1) class logits, background last
     deltas: Tensor  # (R, 4K) or (R, 4) class-agnostic box deltas
+
+    def classifier_view(self) -> ClassifierView:
+        """One softmax row per sampled proposal (the teacher's record scores the student's
+        proposals: same rows), labelled with the proposal's ``gt_classes`` (K = background)."""
+        view = ClassifierView(probability="softmax", logits=self.scores, bg_index=self.scores.shape[-1] - 1)
+        props = self.proposals
+        if props:
+            if props[0].has("gt_classes"):
+                view.labels = torch.cat([p.gt_classes for p in props])
+            view.boxes = Boxes.cat([p.proposal_boxes for p in props]).tensor
+            view.image_index = torch.cat(
+                [torch.full((len(p),), i, dtype=torch.long, device=self.scores.device) for i, p in enumerate(props)]
+            )
+        return view
 
 
 def rpn_outputs(
@@ -61,7 +81,7 @@ def rpn_outputs(
         x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
         for x in deltas
     ]
-    record = RPNRecord(anchors=anchors, objectness_logits=logits, anchor_deltas=deltas)
+    record = RPNRecord(anchors=anchors, objectness_logits=logits, anchor_deltas=deltas, levels=list(rpn.in_features))
     losses = {}
     if gt_instances is not None:
         record.gt_labels, record.gt_boxes = rpn.label_and_sample_anchors(anchors, gt_instances)
@@ -104,3 +124,22 @@ def roi_heads_training(
     losses.update(roi_heads._forward_mask(features, proposals))
     losses.update(roi_heads._forward_keypoint(features, proposals))
     return record, losses
+
+
+def rcnn_layout(model) -> Optional[RecordLayout]:
+    """The record layout of an R-CNN (a model with an RPN and/or ROI heads), else None: anchors
+    from the RPN (``rpn``), the classifier from the box head's softmax on the student's sampled
+    proposals (``roi``; the teacher scores the same boxes)."""
+    rpn, roi_heads = getattr(model, "proposal_generator", None), getattr(model, "roi_heads", None)
+    if rpn is None and roi_heads is None:
+        return None
+    layout = RecordLayout(parts=["features"], feature_shapes=dict(model.backbone.output_shape()))
+    if rpn is not None:
+        layout.parts.append("rpn")
+        layout.anchors = AnchorsLayout(part="rpn", levels=tuple(rpn.in_features))
+    if roi_heads is not None:
+        layout.parts.append("roi")
+        layout.classifier = ClassifierLayout(
+            part="roi", probability="softmax", num_classes=roi_heads.num_classes, pairing="shared_boxes"
+        )
+    return layout

@@ -13,12 +13,15 @@ from torch import Tensor
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
 
+from .views import AnchorsLayout, AnchorsView, ClassifierLayout, ClassifierView, RecordLayout
+
 __all__ = [
     "DenseHeadRecord",
     "DenseHeadLayout",
     "retinanet_head_outputs",
     "dense_head_layout",
     "check_same_dense_head_layout",
+    "retinanet_layout",
 ]
 
 
@@ -31,6 +34,24 @@ class DenseHeadRecord:
     num_anchors: int = 0  # A, anchors per location
     gt_labels: Optional[Tensor] = None  # (N, R): class id, K = background, -1 = ignored
     gt_boxes: Optional[Tensor] = None  # (N, R, 4)
+    levels: Optional[List[str]] = None  # the head's ``in_features``, the levels of the lists above
+
+    def anchors_view(self) -> AnchorsView:
+        return AnchorsView(levels=self.levels, anchors=self.anchors)
+
+    def classifier_view(self) -> ClassifierView:
+        """One sigmoid row per anchor of every image: row ``i·R + r`` is anchor ``r`` (levels
+        concatenated) of image ``i``, the row-major flattening of (N, R, K)."""
+        logits = torch.cat(self.cls_logits, dim=1)  # (N, R, K)
+        n, r = logits.shape[:2]
+        anchors = Boxes.cat(self.anchors).tensor  # (R, 4), shared by every image
+        return ClassifierView(
+            probability="sigmoid",
+            logits=logits.flatten(0, 1),
+            labels=None if self.gt_labels is None else self.gt_labels.flatten(),
+            boxes=anchors.repeat(n, 1),
+            image_index=torch.arange(n, device=logits.device).repeat_interleave(r),
+        )
 
 
 @dataclass
@@ -67,6 +88,7 @@ def retinanet_head_outputs(model, features: Dict[str, Tensor]) -> DenseHeadRecor
         box_deltas=deltas,
         cls_features=cls_features,
         num_anchors=num_anchors,
+        levels=list(model.head_in_features),
     )
 
 
@@ -82,6 +104,22 @@ def dense_head_layout(model) -> Optional[DenseHeadLayout]:
         in_features=list(model.head_in_features),
         strides=[int(s) for s in generator.strides],
         cell_anchors=[a.detach().cpu().float() for a in generator.cell_anchors],
+    )
+
+
+def retinanet_layout(model) -> Optional[RecordLayout]:
+    """The record layout of a RetinaNet (what :func:`dense_head_layout` accepts), else None:
+    anchors and the per-anchor sigmoid classifier both from the dense head (``head``); student
+    and teacher rows line up only with the same anchors (pairing ``"anchors"``)."""
+    if dense_head_layout(model) is None:
+        return None
+    return RecordLayout(
+        parts=["features", "head"],
+        feature_shapes=dict(model.backbone.output_shape()),
+        anchors=AnchorsLayout(part="head", levels=tuple(model.head_in_features)),
+        classifier=ClassifierLayout(
+            part="head", probability="sigmoid", num_classes=model.num_classes, pairing="anchors"
+        ),
     )
 
 

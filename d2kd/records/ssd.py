@@ -12,7 +12,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["SSDRecord", "ssd_outputs", "check_ssd_prior_layout", "check_same_priors"]
+from .views import RecordLayout
+
+__all__ = ["SSDRecord", "ssd_outputs", "check_ssd_prior_layout", "check_same_priors", "ssd_layout"]
 
 
 @dataclass
@@ -51,6 +53,15 @@ def ssd_outputs(model, features: Dict[str, Tensor]) -> SSDRecord:
         level_sizes=[tuple(int(s) for s in x.shape[-2:]) for x in sources],
         num_priors_per_location=list(model.prior_generator.num_priors_per_location),
     )
+
+
+def ssd_layout(model) -> Optional[RecordLayout]:
+    """The record layout of an SSD (:func:`is_ssd`), else None: its per-prior outputs in the
+    ``ssd`` slot. No anchors or classifier view yet: the priors are normalised cxcywh boxes, the
+    background is column 0 and the classifier's rows are the mined priors (a later step)."""
+    if not is_ssd(model):
+        return None
+    return RecordLayout(parts=["features", "ssd"], feature_shapes=dict(model.backbone.output_shape()))
 
 
 def _generator_layout(model) -> Dict:
