@@ -417,7 +417,7 @@ def test_gradients_reach_student_and_adapters_only(config, teachers):
         assert all(p.grad.abs().sum() > 0 for p in d.adapters[lv].parameters())
     backbone_grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in backbone_grads)
-    assert d.source == ("head" if config.startswith("retinanet") else "rpn")
+    assert d.student_needs() == ({"head"} if config.startswith("retinanet") else {"rpn"})
 
 
 def test_warmup_multiplies_by_zero(teachers):

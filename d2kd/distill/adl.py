@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..records import ClassifierLayout, record_layout
 from .base import DISTILLER_REGISTRY, Distiller, float32, zero_loss
 
 __all__ = ["ADL", "adl_elementwise", "adaptive_normalizer", "adaptive_distillation_loss"]
@@ -148,7 +149,8 @@ def adaptive_distillation_loss(
 
 @DISTILLER_REGISTRY.register()
 class ADL(Distiller):
-    """ADL on RetinaNet's class logits over all head levels (§5.1).
+    """ADL on a dense sigmoid classifier (RetinaNet's class logits over all head levels, §5.1),
+    read as one row per anchor of every image (``DetectorRecord.classifier_view``).
 
     Defaults are the released config (§5.1, §7): γ = 2, α = 0.5, β_c = 0, θ = 1.8, adaptive
     normaliser, T = 1, weight 1. Loss key: ``loss_kd_adl_cls``.
@@ -179,36 +181,41 @@ class ADL(Distiller):
                              f"(got {temperature}, {gamma}, {theta})")
         self.gamma, self.alpha, self.beta_code, self.theta = float(gamma), float(alpha), float(beta_code), float(theta)
         self.normalizer, self.temperature, self.form = normalizer, float(temperature), form
+        self._classifier: Optional[ClassifierLayout] = None  # the student's dense sigmoid classifier (bind)
 
     def teacher_needs(self):
-        return {"features", "head"}
+        return {"features", self._classifier.part} if self._classifier else {"features"}
 
     def student_needs(self):
-        return {"head"}
+        return {self._classifier.part} if self._classifier else set()
 
     def paired_needs(self):
-        return {"head"}  # the teacher's anchors must be the student's (checked at build time)
+        # the teacher's anchors must be the student's (checked at build time)
+        return self._classifier.paired_parts() if self._classifier else set()
 
     def bind(self, student, teacher) -> None:
-        if "head" not in getattr(student, "student_parts", ()):
-            raise ValueError(
-                f"ADL needs a dense sigmoid head (RetinaNet); {type(student).__name__} records "
-                f"{list(getattr(student, 'student_parts', ()))}"
+        layout = record_layout(student)
+        c = layout.classifier
+        if c is None or c.probability != "sigmoid" or c.pairing != "anchors":
+            what = (
+                "" if c is None else f" (its classifier '{c.part}' is {c.probability} on {c.pairing.replace('_', ' ')})"
             )
+            raise ValueError(
+                f"ADL needs a dense sigmoid head (RetinaNet); {type(student).__name__} records {layout.parts}{what}"
+            )
+        self._classifier = c
 
     def forward(self, student, teacher) -> Dict[str, Tensor]:
-        s = torch.cat(student.head.cls_logits, dim=1)  # (N, R, K), all levels
-        t = torch.cat(teacher.head.cls_logits, dim=1)
-        if s.shape != t.shape:
+        s, t = student.classifier_view(), teacher.classifier_view()  # one row per anchor of every image
+        if s.logits.shape != t.logits.shape:
             raise ValueError(
-                f"ADL: student logits {tuple(s.shape)} vs teacher logits {tuple(t.shape)}; "
+                f"ADL: student logits {tuple(s.logits.shape)} vs teacher logits {tuple(t.logits.shape)}; "
                 f"the two heads must have the same anchors and classes"
             )
-        labels = student.head.gt_labels  # (N, R): K = background, −1 = ignored
-        valid = (labels >= 0).unsqueeze(-1)
-        num_fg = ((labels >= 0) & (labels != s.shape[-1])).sum()
+        valid = s.valid().unsqueeze(-1)  # ignored anchors (label −1) contribute zero
+        num_fg = s.foreground().sum()
         loss = adaptive_distillation_loss(
-            s, t, valid,
+            s.logits, t.logits, valid,
             gamma=self.gamma, alpha=self.alpha, beta_code=self.beta_code, theta=self.theta,
             normalizer=self.normalizer, num_fg=num_fg, temperature=self.temperature, form=self.form,
         )

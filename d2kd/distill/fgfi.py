@@ -28,7 +28,8 @@ Levels: the faithful setting imitates one stride-16 map (``res4`` / VGG ``conv5`
 anchors. d2kd extension (§2.3): several FPN levels, each with its own anchors; the threshold is
 ψ · max IoU over the anchors of **all** imitated levels (``max_over="all_levels"``, faithful to
 "max over all anchors") or of each level alone (``"per_level"``); the normaliser is the total mask
-count over levels. Two-stage students use the RPN's anchors, RetinaNet students the head's.
+count over levels. The anchors are the student's first-stage dense predictor's
+(``DetectorRecord.anchors_view``): an R-CNN's RPN, a RetinaNet's head.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from detectron2.structures import Boxes, pairwise_iou
 
+from ..records import AnchorsLayout, record_layout
 from .base import DISTILLER_REGISTRY, Distiller, KDSchedule, check_levels, check_same_spatial_size, float32, zero_loss
 
 __all__ = ["FGFI", "fgfi_masks", "fgfi_masks_batch", "pairwise_iou_plus_one", "init_adapter_weight"]
@@ -174,8 +176,9 @@ class FGFI(Distiller):
     ):
         """
         Args:
-            in_features: levels to imitate, a subset of the anchor source's levels (the RPN's
-                ``in_features`` or RetinaNet's ``head_in_features``); None = all of them.
+            in_features: levels to imitate, a subset of the levels of the student's anchors
+                (``record_layout(student).anchors.levels``: an RPN's or a dense head's
+                ``in_features``); None = all of them.
                 Faithful: one stride-16 map (``["res4"]``/``["conv5"]``).
             psi: ψ (0.5).
             iou_plus_one: "+1" pixel IoU as the reference (True) or ``pairwise_iou``.
@@ -203,30 +206,27 @@ class FGFI(Distiller):
         self.adapter_init = adapter_init
         self.adapter_init_std = float(adapter_init_std)
         self.adapters = nn.ModuleDict()
-        self.source = None  # "rpn" or "head"
-        self._anchor_levels: List[str] = []
+        self._anchors: Optional[AnchorsLayout] = None  # where the student's anchors come from (bind)
 
     # ---- building ---------------------------------------------------------------------------
     def bind(self, student, teacher) -> None:
-        parts = getattr(student, "student_parts", ())
-        if "rpn" in parts and getattr(student, "proposal_generator", None) is not None:
-            self.source, self._anchor_levels = "rpn", list(student.proposal_generator.in_features)
-        elif "head" in parts and hasattr(student, "head_in_features"):
-            self.source, self._anchor_levels = "head", list(student.head_in_features)
-        else:
+        layout = record_layout(student)
+        if layout.anchors is None:
             raise ValueError(
-                f"FGFI needs anchors from an RPN or a dense head; {type(student).__name__} records {list(parts)}"
+                f"FGFI needs anchors from an RPN or a dense head; {type(student).__name__} records {layout.parts}"
             )
+        self._anchors = layout.anchors
+        levels = list(layout.anchors.levels)
         if self.in_features is None:
-            self.in_features = list(self._anchor_levels)
+            self.in_features = list(levels)
         if not self.in_features:
             raise ValueError("FGFI: in_features must name at least one level")
-        unknown = [f for f in self.in_features if f not in self._anchor_levels]
+        unknown = [f for f in self.in_features if f not in levels]
         if unknown:
             raise ValueError(
-                f"FGFI: levels {unknown} have no anchors: the student's {self.source} uses {self._anchor_levels}"
+                f"FGFI: levels {unknown} have no anchors: the student's {layout.anchors.part} uses {levels}"
             )
-        s_shapes, t_shapes = student.backbone.output_shape(), teacher.output_shape()
+        s_shapes, t_shapes = layout.feature_shapes, teacher.output_shape()
         check_levels("FGFI", self.in_features, s_shapes, t_shapes)
         for level in self.in_features:
             conv = nn.Conv2d(s_shapes[level].channels, t_shapes[level].channels, kernel_size=3, padding=1)
@@ -237,12 +237,13 @@ class FGFI(Distiller):
         return {"features"}
 
     def student_needs(self):
-        return {self.source} if self.source else set()
+        return {self._anchors.part} if self._anchors else set()
 
     # ---- computing --------------------------------------------------------------------------
     def anchors_of(self, student_record) -> Dict[str, Boxes]:
-        anchors = (student_record.rpn if self.source == "rpn" else student_record.head).anchors
-        return {level: anchors[self._anchor_levels.index(level)] for level in self.in_features}
+        view = student_record.anchors_view()
+        levels = view.levels or list(self._anchors.levels)  # a record built by hand may not name them
+        return {level: view.anchors[levels.index(level)] for level in self.in_features}
 
     def masks(self, student_record) -> List[Tensor]:
         """Per level of ``in_features``: the boolean (N, H, W) imitation masks of the batch."""

@@ -1,20 +1,23 @@
 """Soft-label distillation on class logits (Hinton et al., 2015, "Distilling the Knowledge in a
-Neural Network"), with temperature T and the customary T² rescaling of the gradient.
+Neural Network"), with temperature T and the customary T² rescaling of the gradient, on the
+detector's final classifier (``DetectorRecord.classifier_view``: rows that student and teacher
+score on the same boxes).
 
-- Two-stage (ROI logits, softmax over K+1 classes, background last): on the student's sampled
-  proposals, with the teacher's box head run on the same boxes:
+- Softmax classifiers (R-CNN's ROI logits over K+1 classes: the student's sampled proposals,
+  with the teacher's box head run on the same boxes):
   ``L = T² · mean_r KL(softmax(z_t,r/T) ‖ softmax(z_s,r/T))``.
-- One-stage sigmoid heads (RetinaNet): every (anchor, class) logit is a Bernoulli; the binary
-  KL is summed over non-ignored anchors and classes and divided by the number of foreground
-  anchors (RetinaNet's own normaliser, without its EMA):
+- Sigmoid classifiers (dense heads, RetinaNet: one row per anchor): every (row, class) logit is a
+  Bernoulli; the binary KL is summed over non-ignored rows and classes and divided by the number
+  of foreground rows (RetinaNet's own normaliser, without its EMA):
   ``L = T² · Σ_{a,k} [BCE(z_s/T, σ(z_t/T)) − H(σ(z_t/T))] / max(1, N_fg)``.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..records import ClassifierLayout, record_layout
 from .base import DISTILLER_REGISTRY, Distiller, float32, zero_loss
 
 
@@ -50,32 +53,31 @@ class SoftLabelKD(Distiller):
         if temperature <= 0:
             raise ValueError(f"SoftLabelKD: temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.on = None  # "roi" (two-stage) or "head" (one-stage), decided by bind()
+        self._classifier: Optional[ClassifierLayout] = None  # the student's classifier (bind)
 
     def bind(self, student, teacher) -> None:
-        parts = getattr(student, "student_parts", ())
-        self.on = "roi" if "roi" in parts else "head" if "head" in parts else None
-        if self.on is None:
+        layout = record_layout(student)
+        if layout.classifier is None:
             raise ValueError(
-                f"SoftLabelKD needs ROI or dense-head logits; {type(student).__name__} records {list(parts)}"
+                f"SoftLabelKD needs ROI or dense-head logits; {type(student).__name__} records {layout.parts}"
             )
+        self._classifier = layout.classifier
 
     def teacher_needs(self):
-        return {"features", self.on} if self.on else {"features"}
+        return {"features", self._classifier.part} if self._classifier else {"features"}
 
     def student_needs(self):
-        return {self.on} if self.on else set()
+        return {self._classifier.part} if self._classifier else set()
 
     def paired_needs(self):
-        return {"head"} if self.on == "head" else set()  # per-anchor logits, anchor by anchor
+        # rows that are anchors line up only if the teacher's anchors are the student's
+        return self._classifier.paired_parts() if self._classifier else set()
 
     def forward(self, student, teacher) -> Dict[str, Tensor]:
-        if self.on == "roi":
-            return {"cls": softmax_kd_loss(student.roi.scores, teacher.roi.scores, self.temperature)}
-        s = torch.cat(student.head.cls_logits, dim=1)  # (N, R, K)
-        t = torch.cat(teacher.head.cls_logits, dim=1)
-        labels = student.head.gt_labels  # (N, R), K = background, -1 = ignored
-        valid = labels >= 0
-        num_fg = ((labels >= 0) & (labels != s.shape[-1])).sum().clamp(min=1)
-        loss = sigmoid_kd_loss(s[valid], t[valid], self.temperature).sum() / num_fg
+        s, t = student.classifier_view(), teacher.classifier_view()
+        if s.probability == "softmax":  # every row (R-CNN: the sampled ROIs, none ignored)
+            return {"cls": softmax_kd_loss(s.logits, t.logits, self.temperature)}
+        valid = s.valid()  # sigmoid rows: non-ignored anchors, normalised by the foreground count
+        num_fg = s.foreground().sum().clamp(min=1)
+        loss = sigmoid_kd_loss(s.logits[valid], t.logits[valid], self.temperature).sum() / num_fg
         return {"cls": loss}
