@@ -22,5 +22,9 @@ setup(
         "opencv-python-headless",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis"],
+        # python3 -m d2kd.deploy: ONNX export (onnx) and running the exported model (onnxruntime).
+        "deploy": ["onnx", "onnxruntime"],
+    },
 )

@@ -80,3 +80,101 @@ def test_student_folder_moves_and_picks_the_device_where_it_is_loaded(students, 
         assert len(predictor(_image())["instances"]) > 0
     finally:
         os.rename(hidden, original)
+
+
+# ---- 1-3. TorchScript and ONNX exports predict what DefaultPredictor predicts -------------------
+@pytest.fixture(scope="module")
+def deployed(students):
+    from d2kd.deploy import export_deployable
+
+    return {name: export_deployable(folder, ["torchscript", "onnx"]) for name, folder in students.items()}
+
+
+def _as_arrays(instances):
+    return [instances.pred_boxes.tensor.numpy(), instances.scores.numpy(), instances.pred_classes.numpy()]
+
+
+@pytest.mark.parametrize("name", list(STUDENTS))
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_model_predicts_the_eager_students_detections(deployed, students, name, fmt):
+    import json
+
+    from d2kd.deploy import DeployedModel, match_detections
+
+    path = deployed[name][fmt]
+    assert path == os.path.join(students[name], "deploy", {"torchscript": "model.ts", "onnx": "model.onnx"}[fmt])
+    with open(path + ".json") as f:
+        sidecar = json.load(f)
+    predictor = build_predictor(os.path.join(students[name], "predictor.yaml"), device="cpu")
+    assert sidecar["input"]["format"] == predictor.input_format
+    assert sidecar["class_names"] == list(predictor.metadata.thing_classes)
+    assert sidecar["check"]["max_abs_diff_vs_eager"] <= 1e-4 and sidecar["check"]["detections"] > 0
+    if fmt == "onnx":
+        assert sidecar["opset"] == 17
+    model = DeployedModel(path)
+    # SSD: a fixed Resize((128, 128)), which DefaultPredictor's shortest-edge resize equals on
+    # square images only; the others: a non-square image, resized and scaled back.
+    for image in ([_image(150, 150), _image(128, 128, seed=1)] if name == "ssd" else [_image(), _image(90, 200, seed=1)]):
+        with torch.no_grad():
+            eager = predictor(image)["instances"]
+        exported = model(image)
+        assert exported.image_size == image.shape[:2]
+        assert len(eager) > 0
+        eager_arrays, exported_arrays = _as_arrays(eager), _as_arrays(exported)
+        # scores sorted: equal regardless of the order of ties; boxes and classes: each detection
+        # against its nearest counterpart
+        np.testing.assert_allclose(np.sort(exported_arrays[1]), np.sort(eager_arrays[1]), atol=1e-4, rtol=0)
+        assert match_detections(eager_arrays, exported_arrays) <= 1e-4
+
+
+def test_predict_cli_draws_a_png(deployed, tmp_path):
+    import cv2
+
+    from d2kd.deploy import main
+
+    cv2.imwrite(str(tmp_path / "img.png"), _image())
+    written = main(["predict", "--model", deployed["faster_rcnn"]["onnx"], "--input", str(tmp_path / "img.png"),
+                    "--output", str(tmp_path / "out.png"), "--score-thresh", "0"])
+    assert written == [str(tmp_path / "out.png")]
+    drawn = cv2.imread(written[0])
+    assert drawn is not None and drawn.shape[:2] == (365, 512)  # enlarged to a 512-px long side
+
+
+def test_missing_onnxruntime_is_a_one_line_install_hint(deployed, monkeypatch, capsys):
+    import builtins
+
+    from d2kd.deploy import main
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", deployed["retinanet"]["onnx"], "--input", "x.png"])
+    assert str(exit_info.value) == ("d2kd.deploy: error: running an ONNX model needs onnxruntime: "
+                                    "pip install d2kd[deploy]")
+
+
+def test_export_of_an_unsupported_model_names_it_and_the_route_that_works(students, tmp_path):
+    """A Faster R-CNN student cut down to Detectron2's ProposalNetwork (RPN only)."""
+    from d2kd.deploy import DeployError, export_deployable
+
+    moved = tmp_path / "student"
+    shutil.copytree(students["faster_rcnn"], moved, ignore=shutil.ignore_patterns("deploy"))
+    cfg = LazyConfig.load(str(moved / "config.yaml"))
+    model = cfg.model
+    cfg.model = {"_target_": "detectron2.modeling.ProposalNetwork", "backbone": model.backbone,
+                 "proposal_generator": model.proposal_generator, "pixel_mean": model.pixel_mean,
+                 "pixel_std": model.pixel_std}
+    LazyConfig.save(cfg, str(moved / "config.yaml"))
+    with pytest.raises(DeployError) as refused:
+        export_deployable(str(moved), ["torchscript"])
+    message = str(refused.value)
+    assert message.startswith("cannot export a ProposalNetwork (the student's model): TorchScript/ONNX export "
+                              "covers GeneralizedRCNN (Faster R-CNN), RetinaNet and d2kd's SSD;"), message
+    assert "d2kd.export.build_predictor(<student>/predictor.yaml)" in message
+    assert not os.path.exists(moved / "deploy" / "model.ts")

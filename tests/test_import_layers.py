@@ -32,7 +32,7 @@ LAYERS = [
     # The distillation meta-architectures; the package __init__s of d2kd.modeling and of d2kd
     # itself only import (register) what is below them, so they sit here.
     ("distillation meta-architectures", ["d2kd.modeling.meta_arch.*", "d2kd.modeling", "d2kd"]),
-    ("engine, export", ["d2kd.engine.*", "d2kd.export"]),
+    ("engine, export", ["d2kd.engine.*", "d2kd.export", "d2kd.deploy"]),
 ]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

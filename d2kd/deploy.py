@@ -1,0 +1,366 @@
+"""Deploy an exported student beyond Python: TorchScript and ONNX models, and a runtime for both.
+
+Export (next to the ``student/`` folder a run writes, :mod:`d2kd.export`)::
+
+    python3 -m d2kd.deploy export --student RUN/student --format torchscript onnx
+
+writes ``RUN/student/deploy/model.ts`` (``torch.jit.trace`` through Detectron2's
+``TracingAdapter``) and ``model.onnx`` (``torch.onnx.export`` of the same adapter, opset
+:data:`ONNX_OPSET`), each with a sidecar ``model.ts.json`` / ``model.onnx.json``:
+
+- input ``image``: the **resized** image, uint8, H x W x 3, in the channel order ``input.format``
+  (BGR or RGB), pixel range 0-255. The resize (``input.resize``: Detectron2's
+  ``ResizeShortestEdge`` or a fixed ``Resize``, the test mapper's) is done outside the model;
+  the model's own normalisation (``pixel_mean``/``pixel_std``) and size-divisibility padding
+  are inside it. ``input.fixed_size``: the model accepts only that height and width (SSD: its
+  priors are constants of the trace).
+- outputs ``boxes`` (N x 4 float32, XYXY in pixels of the model input, i.e. the resized image),
+  ``scores`` (N float32, descending per class after NMS), ``classes`` (N int64, indices into
+  ``class_names``).
+
+Runtime (:class:`DeployedModel`, and the ``predict`` command) applies ``DefaultPredictor``'s
+pre- and post-processing: resize, run, boxes scaled back to the original image
+(``detector_postprocess``)::
+
+    python3 -m d2kd.deploy predict --model RUN/student/deploy/model.onnx --input img.png \
+        --output output/deploy_demo
+
+ONNX needs ``onnx`` and ``onnxruntime`` (``pip install d2kd[deploy]``).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from detectron2.config import LazyConfig
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN, RetinaNet, detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+from .config import config_test_resize
+from .export import build_predictor
+from .modeling.meta_arch.ssd import SSD
+
+logger = logging.getLogger(__name__)
+
+#: Output file per format, inside ``<student>/deploy/``.
+FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
+#: ONNX opset of the exported models (RoIAlign with ``aligned=True`` needs 16 or later).
+ONNX_OPSET = 17
+#: The outputs of every exported model, in order.
+OUTPUT_NAMES = ("boxes", "scores", "classes")
+#: What a missing ONNX dependency says.
+INSTALL_HINT = "pip install d2kd[deploy]"
+#: The route for a model these exports do not cover.
+EAGER_ROUTE = ("serve it eagerly with d2kd.export.build_predictor(<student>/predictor.yaml) "
+               "(tools/demo.py --predictor)")
+
+
+class DeployError(RuntimeError):
+    """An export or a deployed model that cannot be made or run; its message is one line."""
+
+
+# ---- export ------------------------------------------------------------------------------------
+def _detections(model: nn.Module, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(boxes, scores, classes)`` of one CHW float image, boxes in its own pixels."""
+    inputs = [{"image": image}]
+    if isinstance(model, GeneralizedRCNN):
+        if getattr(model.roi_heads, "mask_on", False) or getattr(model.roi_heads, "keypoint_on", False):
+            raise DeployError(f"{type(model.roi_heads).__name__} with a mask or keypoint head: only boxes "
+                              f"are exported; {EAGER_ROUTE}")
+        inst = model.inference(inputs, do_postprocess=False)[0]
+    elif isinstance(model, SSD):
+        inst = model.forward_inference(inputs, do_postprocess=False)[0]
+    elif isinstance(model, RetinaNet):
+        inst = model(inputs)[0]["instances"]  # postprocessed to the input's own size: clipped
+    else:
+        raise DeployError(f"cannot export a {type(model).__name__} (the student's model): TorchScript/ONNX "
+                          f"export covers GeneralizedRCNN (Faster R-CNN), RetinaNet and d2kd's SSD; "
+                          f"{EAGER_ROUTE}")
+    return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+
+
+class ImageDetector(nn.Module):
+    """The student as a function of one resized uint8 H x W x 3 image (the model's channel
+    order) to ``(boxes, scores, classes)``: the tensor-only signature that traces."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        return _detections(self.model, image.permute(2, 0, 1).float())
+
+
+def deploy_resize(student_cfg) -> Dict:
+    """The test mapper's resize of a student's ``config.yaml``, as the sidecar states it."""
+    resize = config_test_resize(student_cfg)
+    names = []
+    for aug in OmegaConf.select(student_cfg, "dataloader.test.mapper.augmentations", default=None) or []:
+        target = aug.get("_target_", "") if hasattr(aug, "get") else ""
+        names.append((target if isinstance(target, str) else getattr(target, "__qualname__", "")).rsplit(".", 1)[-1])
+    if resize is None:
+        return {"type": "none"}
+    if "Resize" in names and "ResizeShortestEdge" not in names:
+        aug = student_cfg.dataloader.test.mapper.augmentations[names.index("Resize")]
+        shape = aug.shape
+        h, w = (shape, shape) if isinstance(shape, int) else tuple(shape)
+        return {"type": "Resize", "height": int(h), "width": int(w)}
+    return {"type": "ResizeShortestEdge", "short_edge": resize[0], "max_size": resize[1]}
+
+
+def resize_augmentation(spec: Dict) -> Optional[T.Augmentation]:
+    if spec["type"] == "Resize":
+        return T.Resize((spec["height"], spec["width"]))
+    if spec["type"] == "ResizeShortestEdge":
+        return T.ResizeShortestEdge([spec["short_edge"], spec["short_edge"]], spec["max_size"])
+    return None
+
+
+def _sample_image(spec: Dict, seed: int = 0) -> np.ndarray:
+    """A random uint8 image of the size the resize produces (non-square where it may be)."""
+    if spec["type"] == "Resize":
+        h, w = spec["height"], spec["width"]
+    elif spec["type"] == "ResizeShortestEdge":
+        h, w = spec["short_edge"], min(spec["max_size"], (spec["short_edge"] * 4) // 3)
+    else:
+        h, w = 128, 160
+    return (np.random.RandomState(seed).rand(h, w, 3) * 255).astype("uint8")
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost frame of ``exc`` in Detectron2 or d2kd code: the part that failed."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f"{os.sep}detectron2{os.sep}" in f.filename or f"{os.sep}d2kd{os.sep}" in f.filename]
+    if not frames:
+        return "the model"
+    f = frames[-1]
+    return f"{f.name} ({os.path.basename(f.filename)}:{f.lineno})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def match_detections(a: Sequence, b: Sequence) -> float:
+    """Largest difference between two ``(boxes, scores, classes)`` sets of detections, each
+    detection compared with its nearest one in the other set (order-free: NMS and top-k may order
+    near-equal scores differently); ``inf`` if the counts differ."""
+    a = [torch.as_tensor(np.asarray(x)).float().reshape(len(np.asarray(x)), -1) for x in a]
+    b = [torch.as_tensor(np.asarray(x)).float().reshape(len(np.asarray(x)), -1) for x in b]
+    if len(a[0]) != len(b[0]):
+        return float("inf")
+    if len(a[0]) == 0:
+        return 0.0
+    d = (torch.cat(a, 1)[:, None, :] - torch.cat(b, 1)[None]).abs().amax(-1)
+    return max(d.amin(1).max().item(), d.amin(0).max().item())
+
+
+def _export_one(fmt: str, adapter: TracingAdapter, image: torch.Tensor, path: str, fixed: bool):
+    if fmt == "torchscript":
+        traced = torch.jit.trace(adapter, (image,), check_trace=False)
+        torch.jit.save(traced, path)
+        return
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+    except ImportError as e:
+        raise DeployError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from e
+    dynamic = None if fixed else {"image": {0: "height", 1: "width"}, **{n: {0: "detections"} for n in OUTPUT_NAMES}}
+    torch.onnx.export(adapter, (image,), path, opset_version=ONNX_OPSET, input_names=["image"],
+                      output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, dynamo=False)
+
+
+def export_deployable(student_dir: str, formats: Sequence[str] = tuple(FORMATS),
+                      output_dir: Optional[str] = None) -> Dict[str, str]:
+    """Export the student in ``student_dir`` (``config.yaml``, ``predictor.yaml``,
+    ``model_final.pth``, as :func:`d2kd.export.export_student` writes) to ``formats``, into
+    ``output_dir`` (default ``student_dir/deploy``). Returns ``{format: model path}``; each
+    model has a ``.json`` sidecar, which also records its largest difference from the eager
+    model on a sample image (``check.max_abs_diff``)."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise DeployError(f"unknown format(s) {unknown}; choose from {sorted(FORMATS)}")
+    predictor = build_predictor(os.path.join(student_dir, "predictor.yaml"), device="cpu")
+    model = predictor.model.eval()
+    student_cfg = LazyConfig.load(os.path.join(student_dir, "config.yaml"))
+    spec = deploy_resize(student_cfg)
+    # SSD's priors are computed from the feature-map sizes in Python: constants of the trace.
+    fixed = isinstance(model, SSD)
+    if fixed and spec["type"] != "Resize":
+        raise DeployError(f"SSD traces for one input size only, and the student's test resize is "
+                          f"{spec['type']}, not a fixed Resize((h, w)); {EAGER_ROUTE}")
+    sample = _sample_image(spec)
+    aug = resize_augmentation(spec)
+    resized = torch.as_tensor(np.array(aug.get_transform(sample).apply_image(sample) if aug is not None else sample))
+    adapter = TracingAdapter(ImageDetector(model), (resized,)).eval()
+    with torch.no_grad():
+        eager = adapter(resized)  # also: an unsupported model is refused here, before tracing
+    output_dir = output_dir or os.path.join(student_dir, "deploy")
+    os.makedirs(output_dir, exist_ok=True)
+    metadata = getattr(predictor, "metadata", None)
+    sidecar = {
+        "architecture": type(model).__name__,
+        "weights": os.path.relpath(os.path.abspath(predictor.cfg.MODEL.WEIGHTS), os.path.abspath(output_dir)),
+        "input": {
+            "name": "image", "dtype": "uint8", "layout": "HWC (height x width x 3), one image, no batch axis",
+            "format": predictor.input_format, "pixel_range": [0, 255],
+            "resize": spec, "fixed_size": fixed,
+            "normalisation": {"pixel_mean": model.pixel_mean.flatten().tolist(),
+                              "pixel_std": model.pixel_std.flatten().tolist(), "where": "inside the model"},
+            "size_divisibility": int(getattr(model.backbone, "size_divisibility", 0)),
+        },
+        "outputs": {
+            "boxes": "float32 N x 4, XYXY in pixels of the model input (the resized image); "
+                     "scale x by original_width / input_width and y likewise for the original image",
+            "scores": "float32 N", "classes": "int64 N, index into class_names",
+        },
+        "class_names": list(getattr(metadata, "thing_classes", []) or []),
+    }
+    written = {}
+    for fmt in formats:
+        path = os.path.join(output_dir, FORMATS[fmt])
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # TracerWarnings: the checks below compare outputs
+                _export_one(fmt, adapter, resized, path, fixed)
+        except DeployError:
+            raise
+        except Exception as e:  # noqa: BLE001  (any tracing failure is reported the same way)
+            raise DeployError(f"{fmt} export of {type(model).__name__} failed in {_where(e)}: {_first_line(e)}; "
+                              f"{EAGER_ROUTE}") from e
+        info = dict(sidecar, format=fmt, **({"opset": ONNX_OPSET} if fmt == "onnx" else {}))
+        deployed = DeployedModel(path, sidecar=info)
+        diff = match_detections([x.numpy() for x in eager], deployed.run_resized(resized.numpy()))
+        info["check"] = {"max_abs_diff_vs_eager": diff, "image_hw": list(resized.shape[:2]),
+                         "detections": int(len(eager[0]))}
+        with open(path + ".json", "w") as f:
+            json.dump(info, f, indent=2)
+        written[fmt] = path
+    return written
+
+
+# ---- runtime -----------------------------------------------------------------------------------
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise DeployError(f"running an ONNX model needs onnxruntime: {INSTALL_HINT}") from e
+    return onnxruntime
+
+
+class DeployedModel:
+    """An exported model (``model.ts`` or ``model.onnx`` with its sidecar) with
+    ``DefaultPredictor``'s pre- and post-processing: ``model(image)`` takes an original
+    H x W x 3 uint8 image in ``self.input_format`` and returns ``Instances`` in its pixels."""
+
+    def __init__(self, path: str, *, sidecar: Optional[Dict] = None, threads: int = 1):
+        if sidecar is None:
+            if not os.path.isfile(path + ".json"):
+                raise DeployError(f"no sidecar {path}.json next to {path} (d2kd.deploy export writes both)")
+            with open(path + ".json") as f:
+                sidecar = json.load(f)
+        self.path, self.sidecar = path, sidecar
+        self.format = "onnx" if path.endswith(".onnx") else "torchscript"
+        self.input_format = sidecar["input"]["format"]
+        self.aug = resize_augmentation(sidecar["input"]["resize"])
+        self.metadata = Metadata(name=os.path.basename(path), thing_classes=sidecar.get("class_names") or [])
+        if self.format == "onnx":
+            ort = _onnxruntime()
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        else:
+            self.module = torch.jit.load(path, map_location="cpu").eval()
+
+    def run_resized(self, image: np.ndarray) -> List[np.ndarray]:
+        """``[boxes, scores, classes]`` of an already resized image, in its pixels."""
+        if self.format == "onnx":
+            return self.session.run(list(OUTPUT_NAMES), {"image": np.ascontiguousarray(image)})
+        with torch.no_grad():
+            return [x.numpy() for x in self.module(torch.as_tensor(np.array(image)))]
+
+    def __call__(self, image: np.ndarray) -> Instances:
+        height, width = image.shape[:2]
+        resized = self.aug.get_transform(image).apply_image(image) if self.aug is not None else image
+        boxes, scores, classes = self.run_resized(resized)
+        result = Instances(tuple(resized.shape[:2]))
+        result.pred_boxes = Boxes(torch.as_tensor(boxes))
+        result.scores = torch.as_tensor(scores)
+        result.pred_classes = torch.as_tensor(classes)
+        return detector_postprocess(result, height, width)
+
+
+def draw(model: DeployedModel, path: str, score_thresh: float = 0.3) -> Tuple[np.ndarray, int]:
+    """The RGB picture of ``model``'s detections on the image file ``path``, and their count."""
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+
+    image = read_image(path, format=model.input_format)
+    instances = model(image)
+    instances = instances[instances.scores >= score_thresh]
+    rgb = image[:, :, ::-1] if model.input_format == "BGR" else image
+    scale = max(1.0, 512 / max(rgb.shape[:2]))  # small images are enlarged so labels stay legible
+    return Visualizer(rgb, model.metadata, scale=scale).draw_instance_predictions(instances).get_image(), len(instances)
+
+
+def predict(model_path: str, inputs: Sequence[str], output: str, score_thresh: float = 0.3) -> List[str]:
+    """Draw ``model_path``'s detections on each image of ``inputs`` into PNGs under ``output``
+    (a folder, or a ``.png`` file name for a single input)."""
+    import cv2
+
+    model = DeployedModel(model_path)
+    single = output.lower().endswith(".png")
+    if single and len(inputs) != 1:
+        raise DeployError(f"--output {output} names one PNG file, but {len(inputs)} inputs were given")
+    os.makedirs(os.path.dirname(os.path.abspath(output)) if single else output, exist_ok=True)
+    written = []
+    for i, path in enumerate(inputs):
+        drawn, n = draw(model, path, score_thresh)
+        name = os.path.splitext(os.path.basename(path))[0] or f"image{i}"
+        out = output if single else os.path.join(output, f"{i:03d}_{name}.png")
+        cv2.imwrite(out, drawn[:, :, ::-1])
+        print(f"{path}: {n} detections -> {out}")
+        written.append(out)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m d2kd.deploy", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="TorchScript / ONNX models of an exported student")
+    exp.add_argument("--student", required=True, help="a run's student/ folder (config.yaml, predictor.yaml, model_final.pth)")
+    exp.add_argument("--format", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    exp.add_argument("--output", default=None, help="folder for the models (default: <student>/deploy)")
+    pre = sub.add_parser("predict", help="run an exported model on images, drawing PNGs")
+    pre.add_argument("--model", required=True, help="model.ts or model.onnx (with its .json sidecar)")
+    pre.add_argument("--input", nargs="+", required=True, help="image files")
+    pre.add_argument("--output", default="output/deploy_demo", help="folder for the PNGs, or one .png file")
+    pre.add_argument("--score-thresh", type=float, default=0.3)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            for fmt, path in export_deployable(args.student, args.format, args.output).items():
+                with open(path + ".json") as f:
+                    check = json.load(f)["check"]
+                print(f"{fmt}: {path} (max abs difference from the eager student on a sample image: "
+                      f"{check['max_abs_diff_vs_eager']:.2g}, {check['detections']} detections)")
+            return None
+        return predict(args.model, args.input, args.output, args.score_thresh)
+    except (DeployError, FileNotFoundError) as e:
+        sys.exit(f"d2kd.deploy: error: {_first_line(e)}")
+
+
+if __name__ == "__main__":
+    main()
