@@ -25,6 +25,10 @@ pre- and post-processing: resize, run, boxes scaled back to the original image
     python3 -m d2kd.deploy predict --model RUN/student/deploy/model.onnx --input img.png \
         --output output/deploy_demo
 
+Parity (:func:`evaluate`): ``python3 -m d2kd.deploy evaluate --student RUN/student`` (or
+``export --eval``) prints the eager student's and the exported models' AP on the student's test
+set, with the same loader and ``COCOEvaluator`` as ``--eval-only``.
+
 ONNX needs ``onnx`` and ``onnxruntime`` (``pip install d2kd[deploy]``).
 """
 import argparse
@@ -336,6 +340,54 @@ def predict(model_path: str, inputs: Sequence[str], output: str, score_thresh: f
     return written
 
 
+# ---- parity ------------------------------------------------------------------------------------
+class _DatasetModel:
+    """A :class:`DeployedModel` as ``inference_on_dataset`` calls a model: the test mapper's
+    inputs (resized CHW image in the model's format, ``height``/``width`` of the original)."""
+
+    def __init__(self, model: DeployedModel):
+        self.model = model
+
+    def __call__(self, batched_inputs):
+        outputs = []
+        for x in batched_inputs:
+            image = x["image"].permute(1, 2, 0).numpy().astype(np.uint8)
+            boxes, scores, classes = self.model.run_resized(image)
+            result = Instances(tuple(image.shape[:2]))
+            result.pred_boxes = Boxes(torch.as_tensor(boxes))
+            result.scores = torch.as_tensor(scores)
+            result.pred_classes = torch.as_tensor(classes)
+            h, w = x.get("height", image.shape[0]), x.get("width", image.shape[1])
+            outputs.append({"instances": detector_postprocess(result, h, w)})
+        return outputs
+
+
+def evaluate(student_dir: str, model_paths: Sequence[str] = (), *, dataset: Optional[str] = None,
+             output_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Bounding-box metrics of the eager student and of each exported model in ``model_paths``,
+    on the student's test set (or ``dataset``), with the same loader and the same evaluator
+    (``config.yaml``'s ``dataloader.test`` / ``dataloader.evaluator``, as ``--eval-only``).
+    Returns ``{"eager": {"AP": ...}, "<model path>": {...}}``."""
+    from detectron2.config import instantiate
+    from detectron2.evaluation import inference_on_dataset
+
+    cfg = LazyConfig.load(os.path.join(student_dir, "config.yaml"))
+    if "evaluator" not in cfg.dataloader:
+        raise DeployError(f"{student_dir}/config.yaml has no dataloader.evaluator to score the models with")
+    if dataset:
+        cfg.dataloader.test.dataset.names = dataset
+        cfg.dataloader.evaluator.dataset_name = dataset
+    # The evaluator caches a COCO json of non-COCO sets (shapes) here, not in the run's folder.
+    cfg.dataloader.evaluator.output_dir = output_dir or os.path.join(student_dir, "deploy", "inference")
+    loader = instantiate(cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    predictor = build_predictor(os.path.join(student_dir, "predictor.yaml"), device="cpu")
+    results = {"eager": dict(inference_on_dataset(predictor.model, loader, evaluator)["bbox"])}
+    for path in model_paths:
+        results[path] = dict(inference_on_dataset(_DatasetModel(DeployedModel(path)), loader, evaluator)["bbox"])
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m d2kd.deploy", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,6 +395,13 @@ def main(argv=None):
     exp.add_argument("--student", required=True, help="a run's student/ folder (config.yaml, predictor.yaml, model_final.pth)")
     exp.add_argument("--format", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     exp.add_argument("--output", default=None, help="folder for the models (default: <student>/deploy)")
+    exp.add_argument("--eval", action="store_true",
+                     help="then print the eager and the exported models' AP on the student's test set")
+    exp.add_argument("--dataset", default=None, help="with --eval: another registered dataset")
+    ev = sub.add_parser("evaluate", help="AP of the eager student and of exported models, side by side")
+    ev.add_argument("--student", required=True, help="the student/ folder the models were exported from")
+    ev.add_argument("--model", nargs="*", default=None, help="exported models (default: those in <student>/deploy)")
+    ev.add_argument("--dataset", default=None, help="a registered dataset (default: the student's test set)")
     pre = sub.add_parser("predict", help="run an exported model on images, drawing PNGs")
     pre.add_argument("--model", required=True, help="model.ts or model.onnx (with its .json sidecar)")
     pre.add_argument("--input", nargs="+", required=True, help="image files")
@@ -351,12 +410,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
-            for fmt, path in export_deployable(args.student, args.format, args.output).items():
+            written = export_deployable(args.student, args.format, args.output)
+            for fmt, path in written.items():
                 with open(path + ".json") as f:
                     check = json.load(f)["check"]
                 print(f"{fmt}: {path} (max abs difference from the eager student on a sample image: "
                       f"{check['max_abs_diff_vs_eager']:.2g}, {check['detections']} detections)")
-            return None
+            if not args.eval:
+                return written
+            models = list(written.values())
+        if args.command in ("export", "evaluate"):
+            if args.command == "evaluate":
+                models = args.model
+                if models is None:
+                    folder = os.path.join(args.student, "deploy")
+                    models = [os.path.join(folder, f) for f in FORMATS.values() if os.path.isfile(os.path.join(folder, f))]
+            results = evaluate(args.student, models, dataset=args.dataset)
+            for name, metrics in results.items():
+                print(f"{name}: AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}  AP75 {metrics['AP75']:.2f}")
+            return results
         return predict(args.model, args.input, args.output, args.score_thresh)
     except (DeployError, FileNotFoundError) as e:
         sys.exit(f"d2kd.deploy: error: {_first_line(e)}")

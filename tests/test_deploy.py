@@ -178,3 +178,16 @@ def test_export_of_an_unsupported_model_names_it_and_the_route_that_works(studen
                               "covers GeneralizedRCNN (Faster R-CNN), RetinaNet and d2kd's SSD;"), message
     assert "d2kd.export.build_predictor(<student>/predictor.yaml)" in message
     assert not os.path.exists(moved / "deploy" / "model.ts")
+
+
+def test_exported_models_score_the_eager_students_ap(deployed, students, tmp_path):
+    """The same loader and COCOEvaluator for all three (``export --eval`` prints them)."""
+    from d2kd.deploy import evaluate
+
+    student = students["faster_rcnn"]
+    models = [deployed["faster_rcnn"]["torchscript"], deployed["faster_rcnn"]["onnx"]]
+    results = evaluate(student, models, dataset="shapes_tiny_val", output_dir=str(tmp_path))
+    assert list(results) == ["eager", *models]
+    for path in models:
+        for metric in ("AP", "AP50", "AP75"):
+            assert abs(results[path][metric] - results["eager"][metric]) <= 0.1, (path, results)
