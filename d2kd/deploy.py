@@ -25,6 +25,9 @@ pre- and post-processing: resize, run, boxes scaled back to the original image
     python3 -m d2kd.deploy predict --model RUN/student/deploy/model.onnx --input img.png \
         --output output/deploy_demo
 
+Latency (:func:`latency`): ``python3 -m d2kd.deploy latency --student RUN/student`` prints the
+median CPU milliseconds per image of the eager student, TorchScript and ONNX Runtime.
+
 Parity (:func:`evaluate`): ``python3 -m d2kd.deploy evaluate --student RUN/student`` (or
 ``export --eval``) prints the eager student's and the exported models' AP on the student's test
 set, with the same loader and ``COCOEvaluator`` as ``--eval-only``.
@@ -388,6 +391,46 @@ def evaluate(student_dir: str, model_paths: Sequence[str] = (), *, dataset: Opti
     return results
 
 
+# ---- latency -----------------------------------------------------------------------------------
+def latency(student_dir: str, model_paths: Sequence[str] = (), *, images: int = 20, warmup: int = 3,
+            threads: int = 1) -> Dict[str, float]:
+    """Median CPU milliseconds per image of the eager student and of each exported model, on
+    the same ``images`` resized sample images (the model call only: resize and drawing excluded),
+    with ``threads`` intra-op threads, after ``warmup`` calls. ``{"eager": ms, path: ms}``."""
+    import time
+
+    predictor = build_predictor(os.path.join(student_dir, "predictor.yaml"), device="cpu")
+    spec = deploy_resize(LazyConfig.load(os.path.join(student_dir, "config.yaml")))
+    aug = resize_augmentation(spec)
+    samples = [_sample_image(spec, seed=i) for i in range(images)]
+    samples = [np.array(aug.get_transform(x).apply_image(x)) if aug is not None else x for x in samples]
+    eager = ImageDetector(predictor.model.eval())
+
+    def run_eager(x):
+        with torch.no_grad():
+            return eager(torch.as_tensor(x))
+
+    runners = {"eager": run_eager}
+    for path in model_paths:
+        runners[path] = DeployedModel(path, threads=threads).run_resized
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = {}
+        for name, run in runners.items():
+            for x in samples[:warmup]:
+                run(x)
+            times = []
+            for x in samples:
+                start = time.perf_counter()
+                run(x)
+                times.append(time.perf_counter() - start)
+            out[name] = float(np.median(times) * 1000)
+        return out
+    finally:
+        torch.set_num_threads(previous)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m d2kd.deploy", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -402,6 +445,11 @@ def main(argv=None):
     ev.add_argument("--student", required=True, help="the student/ folder the models were exported from")
     ev.add_argument("--model", nargs="*", default=None, help="exported models (default: those in <student>/deploy)")
     ev.add_argument("--dataset", default=None, help="a registered dataset (default: the student's test set)")
+    lat = sub.add_parser("latency", help="median CPU ms per image: eager, TorchScript, ONNX Runtime")
+    lat.add_argument("--student", required=True, help="the student/ folder the models were exported from")
+    lat.add_argument("--model", nargs="*", default=None, help="exported models (default: those in <student>/deploy)")
+    lat.add_argument("--images", type=int, default=20)
+    lat.add_argument("--threads", type=int, default=1)
     pre = sub.add_parser("predict", help="run an exported model on images, drawing PNGs")
     pre.add_argument("--model", required=True, help="model.ts or model.onnx (with its .json sidecar)")
     pre.add_argument("--input", nargs="+", required=True, help="image files")
@@ -419,12 +467,17 @@ def main(argv=None):
             if not args.eval:
                 return written
             models = list(written.values())
+        if args.command in ("evaluate", "latency"):
+            models = args.model
+            if models is None:
+                folder = os.path.join(args.student, "deploy")
+                models = [os.path.join(folder, f) for f in FORMATS.values() if os.path.isfile(os.path.join(folder, f))]
+        if args.command == "latency":
+            results = latency(args.student, models, images=args.images, threads=args.threads)
+            for name, ms in results.items():
+                print(f"{name}: {ms:.1f} ms per image (median of {args.images}, {args.threads} thread(s))")
+            return results
         if args.command in ("export", "evaluate"):
-            if args.command == "evaluate":
-                models = args.model
-                if models is None:
-                    folder = os.path.join(args.student, "deploy")
-                    models = [os.path.join(folder, f) for f in FORMATS.values() if os.path.isfile(os.path.join(folder, f))]
             results = evaluate(args.student, models, dataset=args.dataset)
             for name, metrics in results.items():
                 print(f"{name}: AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}  AP75 {metrics['AP75']:.2f}")

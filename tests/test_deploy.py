@@ -191,3 +191,12 @@ def test_exported_models_score_the_eager_students_ap(deployed, students, tmp_pat
     for path in models:
         for metric in ("AP", "AP50", "AP75"):
             assert abs(results[path][metric] - results["eager"][metric]) <= 0.1, (path, results)
+
+
+def test_latency_reports_a_median_per_runtime(deployed, students):
+    from d2kd.deploy import latency
+
+    models = [deployed["retinanet"]["torchscript"], deployed["retinanet"]["onnx"]]
+    ms = latency(students["retinanet"], models, images=2, warmup=1)
+    assert list(ms) == ["eager", *models] and all(0 < v < 60_000 for v in ms.values()), ms
+    assert torch.get_num_threads() == 1  # restored
