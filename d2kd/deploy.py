@@ -36,7 +36,6 @@ ONNX needs ``onnx`` and ``onnxruntime`` (``pip install d2kd[deploy]``).
 """
 import argparse
 import json
-import logging
 import os
 import sys
 import traceback
@@ -58,8 +57,6 @@ from detectron2.structures import Boxes, Instances
 from .config import config_test_resize
 from .export import build_predictor
 from .modeling.meta_arch.ssd import SSD
-
-logger = logging.getLogger(__name__)
 
 #: Output file per format, inside ``<student>/deploy/``.
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -184,7 +181,9 @@ def _export_one(fmt: str, adapter: TracingAdapter, image: torch.Tensor, path: st
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as e:
         raise DeployError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from e
-    dynamic = None if fixed else {"image": {0: "height", 1: "width"}, **{n: {0: "detections"} for n in OUTPUT_NAMES}}
+    dynamic = {n: {0: "detections"} for n in OUTPUT_NAMES}  # the count of detections varies
+    if not fixed:
+        dynamic["image"] = {0: "height", 1: "width"}
     torch.onnx.export(adapter, (image,), path, opset_version=ONNX_OPSET, input_names=["image"],
                       output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, dynamo=False)
 
@@ -435,7 +434,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m d2kd.deploy", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="TorchScript / ONNX models of an exported student")
-    exp.add_argument("--student", required=True, help="a run's student/ folder (config.yaml, predictor.yaml, model_final.pth)")
+    exp.add_argument("--student", required=True,
+                     help="a run's student/ folder (config.yaml, predictor.yaml, model_final.pth)")
     exp.add_argument("--format", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     exp.add_argument("--output", default=None, help="folder for the models (default: <student>/deploy)")
     exp.add_argument("--eval", action="store_true",

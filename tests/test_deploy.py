@@ -114,7 +114,8 @@ def test_exported_model_predicts_the_eager_students_detections(deployed, student
     model = DeployedModel(path)
     # SSD: a fixed Resize((128, 128)), which DefaultPredictor's shortest-edge resize equals on
     # square images only; the others: a non-square image, resized and scaled back.
-    for image in ([_image(150, 150), _image(128, 128, seed=1)] if name == "ssd" else [_image(), _image(90, 200, seed=1)]):
+    images = [_image(150, 150), _image(128, 128, seed=1)] if name == "ssd" else [_image(), _image(90, 200, seed=1)]
+    for image in images:
         with torch.no_grad():
             eager = predictor(image)["instances"]
         exported = model(image)
@@ -200,3 +201,18 @@ def test_latency_reports_a_median_per_runtime(deployed, students):
     ms = latency(students["retinanet"], models, images=2, warmup=1)
     assert list(ms) == ["eager", *models] and all(0 < v < 60_000 for v in ms.values()), ms
     assert torch.get_num_threads() == 1  # restored
+
+
+def test_ssd_with_a_shortest_edge_test_resize_is_refused_with_the_route(students, tmp_path):
+    """SSD's priors are constants of the trace: it exports for one input size only."""
+    from d2kd.deploy import DeployError, export_deployable
+
+    moved = tmp_path / "student"
+    shutil.copytree(students["ssd"], moved, ignore=shutil.ignore_patterns("deploy"))
+    cfg = LazyConfig.load(str(moved / "config.yaml"))
+    cfg.dataloader.test.mapper.augmentations = [
+        {"_target_": "detectron2.data.transforms.ResizeShortestEdge", "short_edge_length": 128, "max_size": 1333}]
+    LazyConfig.save(cfg, str(moved / "config.yaml"))
+    with pytest.raises(DeployError, match=r"^SSD traces for one input size only, and the student's test resize is "
+                                          r"ResizeShortestEdge, not a fixed Resize\(\(h, w\)\); serve it eagerly"):
+        export_deployable(str(moved), ["onnx"])
