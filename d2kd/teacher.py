@@ -15,7 +15,15 @@ from detectron2.structures import ImageList
 
 from .checkpoint import load_weights
 from .config import build_model_from_config_file
-from .records import TEACHER_PART_TABLE, DenseHeadLayout, DetectorRecord, dense_head_layout, detector_num_classes
+from .records import (
+    TEACHER_PART_TABLE,
+    DenseHeadLayout,
+    DetectorRecord,
+    RecordLayout,
+    dense_head_layout,
+    detector_num_classes,
+    record_layout,
+)
 from .runtime import native_bfloat16
 
 logger = logging.getLogger(__name__)
@@ -72,6 +80,10 @@ class Teacher:
     def parts(self) -> List[str]:
         """The parts (of ``d2kd.records.TEACHER_PARTS``) this teacher's architecture can produce."""
         return [name for name, part in TEACHER_PART_TABLE.items() if part.present(self.model)]
+
+    def layout(self) -> RecordLayout:
+        """What a record of the teacher's model holds (:func:`d2kd.records.record_layout`)."""
+        return record_layout(self.model)
 
     def dense_head_layout(self) -> Optional[DenseHeadLayout]:
         """The anchor layout of the dense head that ``record`` fills ``head`` from, or None."""

@@ -21,7 +21,7 @@ from d2kd.distill.chen2017 import (  # noqa: E402
     bounded_regression_per_box,
     weighted_soft_ce,
 )
-from d2kd.records import DetectorRecord, ROIRecord, RPNRecord, SSDRecord  # noqa: E402
+from d2kd.records import DetectorRecord, ROIRecord, RPNRecord, SSDRecord, StageLayout  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -160,10 +160,18 @@ def _ssd_records(seed=0, N=2, P=30, C=4, num_pos_per_image=(3, 2), with_features
             DetectorRecord(images=img, features=tf, ssd=t))
 
 
+# What bind() takes from the student's record layout, for distillers built without models.
+SSD_STAGE = StageLayout("ssd", "loss_cls", "loss_box_reg", (0.1, 0.2), "anchors")
+RPN_STAGE = StageLayout("rpn", "loss_rpn_cls", "loss_rpn_loc", (1.0, 1.0, 1.0, 1.0), "anchors")
+ROI_STAGE = StageLayout("roi", "loss_cls", "loss_box_reg", (10.0, 10.0, 5.0, 5.0), "shared_boxes")
+
+
 def _ssd_distiller(**kw):
     d = Chen2017(**kw)
-    d.on = "ssd"
+    d._stages = [SSD_STAGE]
     d.variant = d.variant or "ssd_repo"
+    if d.variant == "paper":
+        d._hints = {"hint": (d.student_hint, d.teacher_hint)}
     return d
 
 
@@ -242,12 +250,10 @@ def test_variant_validation():
 # ---- the Faster R-CNN terms ---------------------------------------------------------------------------
 def _rcnn_distiller(**kw):
     d = Chen2017(variant="paper", **kw)
-    d.on = "rcnn"
-    d.hint_features = ["p2"]
+    d._stages = [st for st, on in ((RPN_STAGE, d.use_rpn), (ROI_STAGE, d.use_roi)) if on]
+    d._prefix_terms = True
+    d.hint_features, d._hints = ["p2"], {"p2": ("p2", "p2")}
     d.adapters["p2"] = nn.Conv2d(3, 4, 1)
-    d._rpn_box2box = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
-    d._rpn_batch_size = 16
-    d._roi_box2box = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
     return d
 
 
@@ -267,7 +273,8 @@ def _rcnn_records(seed=0, K=3, no_fg=False):
         dl = [torch.randn(N, R1, 4, generator=g), torch.randn(N, R2, 4, generator=g)]
         if grad:
             lg, dl = [x.requires_grad_() for x in lg], [x.requires_grad_() for x in dl]
-        return RPNRecord(anchors=anchors, objectness_logits=lg, anchor_deltas=dl, gt_labels=gt_labels, gt_boxes=gt_boxes)
+        return RPNRecord(anchors=anchors, objectness_logits=lg, anchor_deltas=dl, gt_labels=gt_labels, gt_boxes=gt_boxes,
+                         box_coder=Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0)), batch_size_per_image=16)
 
     props = []
     for n, classes in enumerate(([0, 3, 2, 3], [3, 1, 3])):
@@ -284,7 +291,8 @@ def _rcnn_records(seed=0, K=3, no_fg=False):
         sc, de = torch.randn(Rr, K + 1, generator=g), torch.randn(Rr, 4 * K, generator=g)
         if grad:
             sc, de = sc.requires_grad_(), de.requires_grad_()
-        return ROIRecord(proposals=props, box_features=torch.zeros(Rr, 2), scores=sc, deltas=de)
+        return ROIRecord(proposals=props, box_features=torch.zeros(Rr, 2), scores=sc, deltas=de,
+                         box_coder=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)))
 
     img = ImageList(torch.zeros(N, 3, 8, 8), [(8, 8)] * N)
     s = DetectorRecord(images=img, features={"p2": torch.randn(N, 3, 4, 4, generator=g, requires_grad=True)}, rpn=rpn(True), roi=roi(True))
@@ -310,7 +318,7 @@ def test_rcnn_terms_by_loop():
             ps1, pt1 = torch.sigmoid(sl[n, r]).item(), torch.sigmoid(tl[n, r]).item()
             soft += -(1.5 * (1 - pt1 + 1e-10) * math.log(1 - ps1 + 1e-10) + (pt1 + 1e-10) * math.log(ps1 + 1e-10))
             if lab == 1:
-                y = d._rpn_box2box.get_deltas(anchors[r:r + 1], s.rpn.gt_boxes[n][r:r + 1])[0]
+                y = s.rpn.box_coder.get_deltas(anchors[r:r + 1], s.rpn.gt_boxes[n][r:r + 1])[0]
                 es, et = ((sd[n, r] - y) ** 2).sum().item(), ((td[n, r] - y) ** 2).sum().item()
                 bnd += es if es + 0.05 > et else 0.0
     assert out["rpn_soft"].item() == pytest.approx(0.5 * soft / 32, rel=1e-5)
@@ -326,7 +334,7 @@ def test_rcnn_terms_by_loop():
         soft += -sum((1.5 if c == K else 1.0) * (pt[c].item() + 1e-10) * math.log(ps[c].item() + 1e-10) for c in range(K + 1))
         c = int(classes[r])
         if c < K:
-            y = d._roi_box2box.get_deltas(boxes[r:r + 1], gts[r:r + 1])[0]
+            y = s.roi.box_coder.get_deltas(boxes[r:r + 1], gts[r:r + 1])[0]
             es = ((s.roi.deltas[r, 4 * c:4 * c + 4] - y) ** 2).sum().item()
             et = ((t.roi.deltas[r, 4 * c:4 * c + 4] - y) ** 2).sum().item()
             bnd += es if es + 0.05 > et else 0.0

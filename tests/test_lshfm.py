@@ -17,34 +17,54 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
 from d2kd.distill import LSHFM  # noqa: E402
-from d2kd.records import DenseHeadRecord, DetectorRecord, ROIRecord  # noqa: E402
+from d2kd.distill import lshfm as lshfm_module  # noqa: E402
+from d2kd.records import ClassifierLayout, DenseHeadRecord, DetectorRecord, RecordLayout, ROIRecord  # noqa: E402
 
 torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- helpers
+# Fake models for bind(): what LSHFM reads of a model is its record layout (record_layout(student),
+# teacher.layout()); the fakes carry one and the fixture below hands it to the method.
+def _fake(parts, classifier):
+    return RecordLayout(parts=parts, feature_shapes={}, classifier=classifier)
+
+
+@pytest.fixture(autouse=True)
+def _layouts_of_fakes(monkeypatch):
+    real = lshfm_module.record_layout
+    monkeypatch.setattr(lshfm_module, "record_layout", lambda m: m.fake_layout if hasattr(m, "fake_layout") else real(m))
+
+
 def fake_roi_models(d_s, d_t, cls_std=0.05, num_classes=3):
     gen = torch.Generator().manual_seed(123)
     cls = nn.Linear(d_t, num_classes + 1)
     with torch.no_grad():
         cls.weight.copy_(torch.randn(num_classes + 1, d_t, generator=gen) * cls_std)
 
-    def roi(d, predictor=None):
-        return SimpleNamespace(
-            box_head=SimpleNamespace(output_shape=ShapeSpec(channels=d)),
-            box_predictor=SimpleNamespace(cls_score=predictor),
-        )
+    def layout(d, weight=None):
+        return _fake(["features", "rpn", "roi"], ClassifierLayout(
+            part="roi", probability="softmax", num_classes=num_classes, pairing="shared_boxes",
+            input_form="rows", input_channels=d, weight=weight))
 
-    student = SimpleNamespace(student_parts=("features", "rpn", "roi"), roi_heads=roi(d_s))
-    teacher = SimpleNamespace(model=SimpleNamespace(roi_heads=roi(d_t, cls)))
+    student = SimpleNamespace(fake_layout=layout(d_s))
+    t_layout = layout(d_t, cls.weight)
+    teacher = SimpleNamespace(model=SimpleNamespace(), layout=lambda: t_layout)
     return student, teacher, cls.weight
 
 
 def fake_head_models(c_s, c_t, num_anchors=2, num_classes=3):
     s_score = nn.Conv2d(c_s, num_anchors * num_classes, 3, padding=1)
     t_score = nn.Conv2d(c_t, num_anchors * num_classes, 3, padding=1)
-    student = SimpleNamespace(student_parts=("features", "head"), head=SimpleNamespace(cls_score=s_score))
-    teacher = SimpleNamespace(model=SimpleNamespace(head=SimpleNamespace(cls_score=t_score)))
+
+    def layout(score):
+        return _fake(["features", "head"], ClassifierLayout(
+            part="head", probability="sigmoid", num_classes=num_classes, pairing="anchors",
+            input_form="maps", input_channels=score.in_channels, input_kernel=3, weight=score.weight))
+
+    student = SimpleNamespace(fake_layout=layout(s_score))
+    t_layout = layout(t_score)
+    teacher = SimpleNamespace(model=SimpleNamespace(), layout=lambda: t_layout)
     return student, teacher, t_score.weight
 
 
@@ -303,7 +323,7 @@ def test_shapes_config_runs_two_iterations_with_fixed_targets(config, teachers):
     if d.uses_hash:
         assert all(p is not d.hash_weight for p in params)
         assert d.std == pytest.approx(float(
-            (model.teacher.model.roi_heads.box_predictor.cls_score.weight if d.on == "roi"
+            (model.teacher.model.roi_heads.box_predictor.cls_score.weight if d.student_needs() == {"roi"}
              else model.teacher.model.head.cls_score.weight).std()))
     with EventStorage(0):
         for _ in range(2):
@@ -332,7 +352,7 @@ def test_gradients_and_state_dict_round_trip(config, teachers):
     kd.backward()
     assert all(not p.requires_grad and p.grad is None for p in model.teacher.model.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.adapter.parameters())
-    feat_params = model.roi_heads.box_head.parameters() if d.on == "roi" else model.head.cls_subnet.parameters()
+    feat_params = model.roi_heads.box_head.parameters() if d.student_needs() == {"roi"} else model.head.cls_subnet.parameters()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in feat_params)
     # the hash weights live in the checkpoint; a model built with another seed gets them back
     state = model.state_dict()

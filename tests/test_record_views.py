@@ -1,7 +1,9 @@
-"""Family-neutral views on records (d2kd/records/views.py): the anchors and classifier views of
-hand-made records, the errors of a record without them, ``record_layout`` of the shapes students,
-and the distillers that read them (FGFI, SoftLabelKD, ADL) keep no detector-family flag."""
+"""Family-neutral views on records (d2kd/records/views.py): the anchors, classifier, classifier
+input and detection-stage views of hand-made records, the errors of a record without them,
+``record_layout`` of the shapes students, the build-time pairing checks per part, and the
+distillers that read them keep no detector-family flag and read no model internals."""
 import ast
+import copy
 import os
 from types import SimpleNamespace
 
@@ -10,9 +12,11 @@ import torch
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes, ImageList, Instances
 
-from d2kd.distill import ADL, FGFI, SoftLabelKD
+from d2kd.distill import ADL, FGFI, GKD, LSHFM, Chen2017, SoftLabelKD
 from d2kd.distill.adl import adaptive_distillation_loss
 from d2kd.distill.soft_label import sigmoid_kd_loss
 from d2kd.modeling.meta_arch import DistillationRCNN, DistillationRetinaNet, DistillationSSD
@@ -22,6 +26,8 @@ from d2kd.records import (
     DetectorRecord,
     ROIRecord,
     RPNRecord,
+    SSDRecord,
+    check_paired_part,
     record_layout,
 )
 
@@ -133,16 +139,32 @@ def test_record_layout_of_rcnn_retinanet_ssd(students):
     rcnn = record_layout(students["faster_rcnn"])
     assert rcnn.parts == ["features", "rpn", "roi"]
     assert rcnn.anchors.part == "rpn" and rcnn.anchors.levels == ("p2", "p3", "p4", "p5", "p6")
-    assert rcnn.classifier == ClassifierLayout(part="roi", probability="softmax", num_classes=8, pairing="shared_boxes")
+    m = students["faster_rcnn"]
+    assert rcnn.classifier == ClassifierLayout(
+        part="roi", probability="softmax", num_classes=8, pairing="shared_boxes",
+        input_form="rows", input_channels=m.roi_heads.box_head.output_shape.channels)
+    assert rcnn.classifier.weight is m.roi_heads.box_predictor.cls_score.weight
+    assert rcnn.classifier.pooling.pooler is m.roi_heads.box_pooler
+    assert rcnn.classifier.pooling.in_features == tuple(m.roi_heads.box_in_features)
     assert rcnn.classifier.paired_parts() == set()
+    assert [(st.part, st.cls_loss, st.reg_loss, st.pairing) for st in rcnn.stages] == [
+        ("rpn", "loss_rpn_cls", "loss_rpn_loc", "anchors"), ("roi", "loss_cls", "loss_box_reg", "shared_boxes")]
+    assert rcnn.stages[1].box_coder_weights == tuple(m.roi_heads.box_predictor.box2box_transform.weights)
     assert rcnn.feature_shapes["p4"].stride == 16
     retina = record_layout(students["retinanet"])
     assert retina.parts == ["features", "head"]
     assert retina.anchors.part == "head" and retina.anchors.levels == ("p3", "p4", "p5", "p6", "p7")
-    assert retina.classifier == ClassifierLayout(part="head", probability="sigmoid", num_classes=8, pairing="anchors")
+    m = students["retinanet"]
+    assert retina.classifier == ClassifierLayout(
+        part="head", probability="sigmoid", num_classes=8, pairing="anchors",
+        input_form="maps", input_channels=m.head.cls_score.in_channels, input_kernel=3)
+    assert retina.classifier.weight is m.head.cls_score.weight and retina.classifier.pooling is None
+    assert retina.stages == []  # a sigmoid classifier: no softmax detection stage
     assert retina.classifier.paired_parts() == {"head"}
     ssd = record_layout(students["ssd"])
     assert ssd.parts == ["features", "ssd"] and ssd.anchors is None and ssd.classifier is None
+    assert [(st.part, st.cls_loss, st.reg_loss, st.pairing) for st in ssd.stages] == [
+        ("ssd", "loss_cls", "loss_box_reg", "anchors")]
     other = SimpleNamespace(backbone=SimpleNamespace(output_shape=lambda: {"p3": ShapeSpec(channels=4, stride=8)}))
     plain = record_layout(other)  # a detector of no known family: features only
     assert plain.parts == ["features"] and plain.anchors is None and plain.classifier is None
@@ -155,7 +177,9 @@ def test_record_layout_parts_are_what_the_meta_architectures_record(students):
 
 
 def _fake_teacher(student):
-    return SimpleNamespace(output_shape=student.backbone.output_shape)
+    """The teacher interface bind() uses, on a model of the student's architecture."""
+    return SimpleNamespace(output_shape=student.backbone.output_shape, model=student,
+                           layout=lambda: record_layout(student))
 
 
 def test_ported_distillers_state_needs_from_the_layout_without_a_family_flag(students):
@@ -184,16 +208,159 @@ def test_ported_distillers_state_needs_from_the_layout_without_a_family_flag(stu
         assert str(e.value) == f"{type(d).__name__} needs {what}; SSD records ['features', 'ssd']"
 
 
-def test_ported_distillers_do_not_read_model_internals():
-    forbidden = {"student_parts", "proposal_generator", "head_in_features", "roi_heads"}
-    for name in ("fgfi.py", "soft_label.py", "adl.py"):
+def test_no_distiller_reads_model_internals_or_record_slots():
+    # a method reads records through views and models through record_layout: no family's
+    # attribute names, no record slot by name (rpn, roi, head, ssd), no family flag
+    forbidden = {"student_parts", "proposal_generator", "head_in_features", "roi_heads", "box_predictor",
+                 "box_pooler", "box_in_features", "anchor_generator", "prior_generator", "cls_score",
+                 "cls_subnet", "rpn", "roi", "head", "ssd"}
+    names = sorted(f for f in os.listdir(os.path.join(REPO, "d2kd", "distill")) if f.endswith(".py"))
+    assert {"gkd.py", "lshfm.py", "chen2017.py", "fgfi.py", "adl.py", "soft_label.py"} <= set(names)
+    for name in names:
         with open(os.path.join(REPO, "d2kd", "distill", name)) as f:
             tree = ast.parse(f.read())
-        names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-        names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-        assert not names & forbidden, (name, names & forbidden)
+        attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not attrs & forbidden, (name, attrs & forbidden)
+        # strings: part names are the records' vocabulary (needs), attribute names are not
+        assert not strings & (forbidden - {"rpn", "roi", "head", "ssd"}), (name, strings & forbidden)
         assert not {"on", "source"} & {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
                                        and isinstance(n.value, ast.Name) and n.value.id == "self"}, name
+
+
+def test_gkd_lshfm_chen2017_state_needs_from_the_layout(students):
+    rcnn, retina, ssd = students["faster_rcnn"], students["retinanet"], students["ssd"]
+
+    def needs(d):
+        return d.student_needs(), d.teacher_needs(), d.paired_needs()
+
+    for student, part, paired in ((rcnn, "roi", set()), (retina, "head", {"head"})):
+        d = GKD(pgm_enabled=False, attenuation="none")
+        d.bind(student, _fake_teacher(student))
+        assert needs(d) == ({part}, {"features", part}, paired)
+        assert d.in_features == list(record_layout(student).anchors.levels)
+        # the soft labels' weights come from the classifier's own pooler where it has one
+        assert (d._poolings is not None) == (part == "roi")
+        d = LSHFM()
+        d.bind(student, _fake_teacher(student))
+        assert needs(d) == ({part}, {"features", part}, set())
+        assert d.feature_dim == record_layout(student).classifier.input_channels * (1 if part == "roi" else 9)
+    d = Chen2017()
+    d.bind(rcnn, _fake_teacher(rcnn))
+    assert needs(d) == ({"rpn", "roi"}, {"features", "rpn", "roi"}, {"rpn"}) and d.variant == "paper"
+    assert d.detector_loss_scales() == {"loss_rpn_cls": 0.5, "loss_cls": 0.5}
+    d = Chen2017(roi=False)
+    d.bind(rcnn, _fake_teacher(rcnn))
+    assert needs(d) == ({"rpn"}, {"features", "rpn"}, {"rpn"})
+    d = Chen2017()
+    d.bind(ssd, _fake_teacher(ssd))
+    assert needs(d) == ({"ssd"}, {"features", "ssd"}, {"ssd"}) and d.variant == "ssd_repo"
+    d = Chen2017(variant="paper")
+    d.bind(ssd, _fake_teacher(ssd))  # each backbone's declared hint layer (the fake teacher is an SSDLite too)
+    assert d._hints == {"hint": ("expand7", "expand7")} and list(d.adapters) == ["hint"]
+
+
+def test_gkd_lshfm_chen2017_refuse_what_their_views_cannot_give(students):
+    rcnn, retina, ssd = students["faster_rcnn"], students["retinanet"], students["ssd"]
+    with pytest.raises(ValueError) as e:
+        GKD(pgm_enabled=False, attenuation="none").bind(ssd, _fake_teacher(ssd))
+    assert str(e.value) == "GKD needs anchors and a final classifier (Faster R-CNN, RetinaNet); SSD records ['features', 'ssd']"
+    with pytest.raises(ValueError) as e:
+        Chen2017().bind(retina, _fake_teacher(retina))
+    assert str(e.value).startswith("Chen2017 distils softmax detection stages") and "RetinaNet records ['features', 'head']" in str(e.value)
+    with pytest.raises(ValueError, match="variant 'ssd_repo' is the SSD reference's single-stage loss"):
+        Chen2017(variant="ssd_repo").bind(rcnn, _fake_teacher(rcnn))
+    with pytest.raises(ValueError, match=r"the teacher \(RetinaNet\) has no rpn stage"):
+        Chen2017().bind(rcnn, SimpleNamespace(output_shape=retina.backbone.output_shape, model=retina,
+                                              layout=lambda: record_layout(retina)))
+    # LSHFM: box-head rows against tower maps are not the same features
+    with pytest.raises(ValueError, match="LSHFM needs the features both final classifiers read, in the same form"):
+        LSHFM().bind(rcnn, SimpleNamespace(output_shape=retina.backbone.output_shape, model=retina,
+                                           layout=lambda: record_layout(retina)))
+
+
+def test_pairing_checks_by_part(students):
+    rcnn, retina, ssd = students["faster_rcnn"], students["retinanet"], students["ssd"]
+    for part, model in (("rpn", rcnn), ("roi", rcnn), ("head", retina), ("ssd", ssd), ("features", rcnn)):
+        check_paired_part(part, "M", model, model)  # a model pairs with itself
+    other = copy.deepcopy(rcnn)
+    other.proposal_generator.anchor_generator.strides = [2 * s for s in other.proposal_generator.anchor_generator.strides]
+    with pytest.raises(ValueError, match="M: RPN anchors differ"):
+        check_paired_part("rpn", "M", rcnn, other)
+    check_paired_part("roi", "M", rcnn, other)  # the teacher scores the student's boxes: nothing to pair
+    other = copy.deepcopy(ssd)
+    other.prior_generator.min_sizes = [2 * s for s in other.prior_generator.min_sizes]
+    with pytest.raises(ValueError, match="M: teacher and student SSDs must share the prior layout"):
+        check_paired_part("ssd", "M", ssd, other)
+
+
+def test_stage_views_rows_targets_and_normalisers():
+    torch.manual_seed(0)
+    coder = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
+    anchors = [Boxes(torch.tensor([[0.0, 0, 8, 8], [4, 4, 12, 12]])), Boxes(torch.tensor([[0.0, 0, 16, 16]]))]
+    z = [torch.tensor([[1.0, 2], [3, 4]]), torch.tensor([[5.0], [6]])]  # (N=2, anchors of the level)
+    deltas = [torch.randn(2, 2, 4), torch.randn(2, 1, 4)]
+    labels = [torch.tensor([1, -1, 0]), torch.tensor([0, 1, 1])]
+    gt = [torch.rand(3, 2).repeat(1, 2) * 8 + torch.tensor([0, 0, 4.0, 4.0]) for _ in range(2)]
+    v = RPNRecord(anchors=anchors, objectness_logits=z, anchor_deltas=deltas, gt_labels=labels, gt_boxes=gt,
+                  box_coder=coder, batch_size_per_image=4).stage_view()
+    # rows: image 0's anchors (levels concatenated), then image 1's; objectness as softmax [0, z]
+    assert v.logits.tolist() == [[0, 1], [0, 2], [0, 5], [0, 3], [0, 4], [0, 6]] and v.bg_index == 0
+    assert v.cls_rows.tolist() == [True, False, True, True, True, True]
+    assert v.reg_rows.tolist() == [True, False, False, False, True, True]
+    assert v.normalizer == 8.0  # 4 sampled per image x 2 images (Detectron2's RPN normaliser)
+    a = Boxes.cat(anchors).tensor
+    rows = [(0, 0), (1, 1), (1, 2)]  # (image, anchor) of the positives
+    expected = torch.cat([coder.get_deltas(a[r:r + 1], gt[i][r:r + 1]) for i, r in rows])
+    assert torch.allclose(v.reg_targets, expected)
+    flat = torch.cat(deltas, dim=1)
+    assert torch.equal(v.row_deltas(v.reg_rows), torch.stack([flat[i, r] for i, r in rows]))
+    # ROI: background last, every row classified, the foreground rows regressed with their class's deltas
+    roi = _roi_record()
+    for p in roi.proposals:
+        p.gt_boxes = Boxes(p.proposal_boxes.tensor + 1.0)
+    roi.deltas = torch.randn(3, 4 * K)
+    roi.box_coder = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
+    v = roi.stage_view()
+    assert v.bg_index == K and v.normalizer == 3 and v.cls_rows.all()
+    assert v.reg_rows.tolist() == [True, False, True]  # classes 1, K (background), 0
+    assert torch.equal(v.row_deltas(v.reg_rows), torch.stack([roi.deltas[0, 4:8], roi.deltas[2, 0:4]]))
+    boxes = torch.cat([p.proposal_boxes.tensor for p in roi.proposals])[[0, 2]]
+    assert torch.allclose(v.reg_targets, roi.box_coder.get_deltas(boxes, boxes + 1.0))
+    # SSD: background column 0, the positives and mined negatives classified, / N_pos
+    logits = torch.randn(2, 3, K + 1)
+    pos = torch.tensor([[True, False, False], [False, False, True]])
+    neg = torch.tensor([[False, True, False], [False, False, False]])
+    targets = torch.randn(2, 3, 4)
+    rec = SSDRecord(logits=logits, deltas=torch.randn(2, 3, 4), priors=torch.rand(3, 4), level_sizes=[(1, 1)],
+                    num_priors_per_location=[3], targets=targets, pos_mask=pos, neg_mask=neg, num_pos=2)
+    v = rec.stage_view()
+    assert v.bg_index == 0 and v.normalizer == 2.0 and torch.equal(v.logits, logits.flatten(0, 1))
+    assert v.cls_rows.tolist() == [True, True, False, False, False, True]
+    assert torch.equal(v.reg_targets, torch.stack([targets[0, 0], targets[1, 2]]))
+    assert rec.stage_view().classes is None and torch.equal(v.row_deltas(v.reg_rows), rec.deltas[pos])
+    # a teacher's record (no GT matching) gives rows without loss rows
+    assert SSDRecord(logits=logits, deltas=targets, priors=rec.priors, level_sizes=[(1, 1)],
+                     num_priors_per_location=[3]).stage_view().cls_rows is None
+
+
+def test_classifier_input_view_and_box_pooling(students):
+    rcnn = students["faster_rcnn"]
+    pooling = record_layout(rcnn).classifier.pooling
+    boxes = [Boxes(torch.tensor([[0.0, 0, 4, 4], [0, 0, 300, 300], [10, 10, 700, 700]])), Boxes(torch.tensor([[5.0, 5, 30, 30]]))]
+    p = rcnn.roi_heads.box_pooler
+    expected = assign_boxes_to_levels(boxes, p.min_level, p.max_level, p.canonical_box_size, p.canonical_level)
+    assert torch.equal(pooling.levels(boxes), expected) and len(set(expected.tolist())) > 1
+    feats = {f: torch.randn(2, s.channels, 128 // s.stride, 128 // s.stride) for f, s in rcnn.backbone.output_shape().items()}
+    assert torch.equal(pooling.pool(feats, boxes), p([feats[f] for f in rcnn.roi_heads.box_in_features], boxes))
+    # dense: the tower maps, the classifier's kernel, and the anchors' labels per location
+    head = _head_record()
+    head.cls_features = [torch.randn(2, 4, 1, 1), torch.randn(2, 4, 1, 1)]
+    head.num_anchors = 1
+    v = head.classifier_input_view()
+    assert v.rows is None and v.maps is head.cls_features and v.kernel_size == 3
+    assert torch.equal(v.labels, head.gt_labels.view(2, 3, 1))
+    assert _roi_record().classifier_input_view().maps is None
 
 
 # ---- the views give today's losses, bit for bit --------------------------------------------

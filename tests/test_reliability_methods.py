@@ -194,12 +194,15 @@ def test_skip_nonfinite_kd_terms_is_bounded(config, name, reads_logits, weights_
         guard.remove()
 
 
-def _without_gt(batch):
+def _without_gt(batch, keep_first=False):
     from detectron2.structures import Boxes, Instances
 
     out = []
-    for x in batch:
+    for i, x in enumerate(batch):
         x = dict(x)
+        if keep_first and i == 0:
+            out.append(x)
+            continue
         inst = Instances(x["instances"].image_size)
         inst.gt_boxes = Boxes(torch.zeros(0, 4))
         inst.gt_classes = torch.zeros(0, dtype=torch.int64)
@@ -225,6 +228,18 @@ def test_batch_with_zero_gt_boxes(config, name, reads_logits, weights_dir):
     for n, p in model.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad).all(), n
     assert all(math.isfinite(float(v)) for v in losses.values())
+
+
+@pytest.mark.parametrize("config, name, reads_logits", METHODS, ids=IDS)
+def test_batch_where_only_the_first_image_has_gt(config, name, reads_logits, weights_dir):
+    # Detectron2 gives the proposals of an image without GT no gt_boxes: per-row targets of a
+    # batch mixing both kinds must still be built (Chen2017's ROI stage crashed on it once)
+    model, batch = _build(config, weights_dir)
+    assert len(batch) > 1 and len(batch[0]["instances"]) > 0
+    losses = _losses(model, _without_gt(batch, keep_first=True))
+    assert any(k.startswith(f"loss_kd_{name}_") for k in losses)
+    assert all(math.isfinite(float(v)) for v in losses.values())
+    sum(losses.values()).backward()
 
 
 def test_lshfm_lsh_term_reports_nan_teacher_features(weights_dir):

@@ -1,5 +1,6 @@
 """Chen et al., NeurIPS 2017, "Learning Efficient Object Detection Models with Knowledge
-Distillation" (docs/methods.md §1), on d2kd's SSD and on Detectron2's Faster R-CNN.
+Distillation" (docs/methods.md §1), on every softmax detection stage the student records
+(:class:`d2kd.records.DetectionStageView`: d2kd's SSD head; Faster R-CNN's RPN and box head).
 
 Three signals added to the student's own detection losses:
 
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..records import check_same_priors, check_ssd_prior_layout
+from ..records import record_layout
 from .base import DISTILLER_REGISTRY, Distiller, check_levels, check_same_spatial_size, float32, zero_loss
 
 __all__ = ["Chen2017", "weighted_soft_ce", "bounded_regression_batch", "bounded_regression_per_box"]
@@ -132,19 +133,20 @@ class Chen2017(Distiller):
     ):
         """
         Args:
-            variant: "ssd_repo" (default for an SSD student) or "paper" (default and only choice
-                for Faster R-CNN).
+            variant: "ssd_repo" (the default for a student with one detection stage, an SSD) or
+                "paper" (the default, and the only choice, for several stages: Faster R-CNN).
             mu: μ (the reference's u), share of the hard classification loss; 1−μ goes to L_soft.
             w_bg, w_obj: class weights of L_soft (background / objects).
             temperature: T of both softmaxes (no T² rescaling).
             nu: ν, weight of L_b. margin: m. lam: λ, weight of the regression losses (the
                 detector's own regression loss is scaled by λ too when λ ≠ 1).
             gamma_hint: γ, weight of the hint (ssd_repo: logit MSE; paper: feature L2).
-            student_hint, teacher_hint: SSD paper variant: guided/hint layers (default
-                "expand7" / "conv4_3").
-            hint_features: Faster R-CNN: levels for the hint (default: every level both
-                backbones output with the same stride, e.g. res4 or p2..p6).
-            rpn, roi: Faster R-CNN: distil the RPN / the ROI head.
+            student_hint, teacher_hint: paper variant: the guided/hint layer pair (default: the
+                backbones' declared ``hint_feature``, "expand7" / "conv4_3" for d2kd's SSDs).
+            hint_features: paper variant, backbones without a declared hint layer: levels for
+                the hint (default: every level both backbones output with the same stride, e.g.
+                res4 or p2..p6).
+            rpn, roi: distil the ``rpn`` / ``roi`` stage where the student has it (Faster R-CNN).
         """
         super().__init__(weight=weight, schedule=schedule)
         if variant not in (None, "ssd_repo", "paper"):
@@ -160,202 +162,151 @@ class Chen2017(Distiller):
         self.student_hint, self.teacher_hint = student_hint, teacher_hint
         self.hint_features = list(hint_features) if hint_features else None
         self.use_rpn, self.use_roi = bool(rpn), bool(roi)
-        self.on = None  # "ssd" or "rcnn", set by bind()
+        self._stages = []  # the student's StageLayouts distilled, from bind()
+        self._prefix_terms = False
+        self._hints = {}  # paper hint: adapter key -> (student level, teacher level), from bind()
         self.adapters = nn.ModuleDict()
 
     # ---- building ---------------------------------------------------------------------------
     def bind(self, student, teacher) -> None:
-        parts = set(getattr(student, "student_parts", ()))
-        if "ssd" in parts:
-            self._bind_ssd(student, teacher)
-        elif {"rpn", "roi"} <= parts:
-            self._bind_rcnn(student, teacher)
-        else:
+        layout = record_layout(student)
+        wanted = {"rpn": self.use_rpn, "roi": self.use_roi}
+        self._stages = [st for st in layout.stages if wanted.get(st.part, True)]
+        # terms of a detector with several stages are named by stage (rpn_soft, roi_soft, ...)
+        self._prefix_terms = len(layout.stages) > 1
+        if not self._stages:
             raise ValueError(
-                f"Chen2017 distils SSD (DistillationSSD) and Faster R-CNN (DistillationRCNN) "
-                f"students; {type(student).__name__} records {sorted(parts)}")
-
-    def _bind_ssd(self, student, teacher) -> None:
-        self.on = "ssd"
-        self.variant = self.variant or "ssd_repo"
-        check_ssd_prior_layout("Chen2017", student, teacher.model)
+                f"Chen2017 distils softmax detection stages with their own classification and "
+                f"regression losses (SSD's head, Faster R-CNN's RPN and box head); "
+                f"{type(student).__name__} records {layout.parts} (rpn={self.use_rpn}, roi={self.use_roi})"
+            )
+        # The reference's loss (ssd_repo) is written for one stage (SSD's multibox loss).
+        self.variant = self.variant or ("ssd_repo" if len(layout.stages) == 1 else "paper")
+        if self.variant == "ssd_repo" and len(self._stages) != 1:
+            raise ValueError(
+                f"Chen2017: variant 'ssd_repo' is the SSD reference's single-stage loss; "
+                f"{type(student).__name__} has the stages {[st.part for st in self._stages]}: use variant='paper'"
+            )
+        teacher_stages = {st.part: st for st in teacher.layout().stages}
+        for st in self._stages:
+            t_st = teacher_stages.get(st.part)
+            if t_st is None:
+                raise ValueError(
+                    f"Chen2017: the teacher ({type(teacher.model).__name__}) has no {st.part} stage to "
+                    f"distil (it has {sorted(teacher_stages)})"
+                    + ("; pass rpn=False / roi=False to leave a stage out" if st.part in wanted else "")
+                )
+            if st.box_coder_weights != t_st.box_coder_weights:
+                raise ValueError(
+                    f"Chen2017: {st.part} box weights differ: student {st.box_coder_weights}, teacher "
+                    f"{t_st.box_coder_weights}; the bounded regression compares their deltas"
+                )
         if self.variant == "paper":
-            self.student_hint = self.student_hint or "expand7"
-            self.teacher_hint = self.teacher_hint or "conv4_3"
-            s_shapes, t_shapes = student.backbone.output_shape(), teacher.output_shape()
+            self._bind_hint(student, teacher)
+
+    def _bind_hint(self, student, teacher) -> None:
+        """The paper's hint: one adapter per (student level, teacher level) pair: the given
+        ``student_hint``/``teacher_hint`` pair, else the pair both backbones declare as their
+        ``hint_feature`` (d2kd's SSD backbones: expand7 → conv4_3), else every common level of
+        the same stride (``hint_features``)."""
+        s_shapes, t_shapes = student.backbone.output_shape(), teacher.output_shape()
+        declared = (getattr(student.backbone, "hint_feature", None), getattr(teacher.model.backbone, "hint_feature", None))
+        if not (self.student_hint or self.teacher_hint or self.hint_features) and all(declared):
+            self.student_hint, self.teacher_hint = declared
+        if self.student_hint or self.teacher_hint:
             for who, level, shapes in (("student", self.student_hint, s_shapes),
                                        ("teacher", self.teacher_hint, t_shapes)):
                 if level not in shapes:
                     raise ValueError(
                         f"Chen2017 (paper): the {who} backbone does not output '{level}' (it outputs "
-                        f"{sorted(shapes)}); add it to the {who} backbone's out_features")
+                        f"{sorted(shapes)}); add it to the {who} backbone's out_features, or pass "
+                        f"student_hint and teacher_hint")
             s, t = s_shapes[self.student_hint], t_shapes[self.teacher_hint]
             if s.stride != t.stride:
                 raise ValueError(
                     f"Chen2017 (paper): student hint '{self.student_hint}' ({s.channels} ch, stride "
                     f"{s.stride}) and teacher hint '{self.teacher_hint}' ({t.channels} ch, stride "
                     f"{t.stride}) must have the same stride")
+            self._hints = {"hint": (self.student_hint, self.teacher_hint)}
             self.adapters["hint"] = _adapter(s.channels, t.channels)
-
-    def _bind_rcnn(self, student, teacher) -> None:
-        self.on = "rcnn"
-        if self.variant == "ssd_repo":
-            raise ValueError("Chen2017: variant 'ssd_repo' is the SSD reference's loss; Faster R-CNN "
-                             "students use variant='paper'")
-        self.variant = "paper"
-        tm = teacher.model
-        if self.use_rpn:
-            s_rpn, t_rpn = student.proposal_generator, getattr(tm, "proposal_generator", None)
-            if t_rpn is None:
-                raise ValueError(f"Chen2017: the teacher ({type(tm).__name__}) has no RPN to distil")
-            s_ag, t_ag = s_rpn.anchor_generator, t_rpn.anchor_generator
-            s_lay = (list(s_ag.strides), list(s_ag.num_cell_anchors), [a.tolist() for a in s_ag.cell_anchors])
-            t_lay = (list(t_ag.strides), list(t_ag.num_cell_anchors), [a.tolist() for a in t_ag.cell_anchors])
-            if s_lay[:2] != t_lay[:2] or not all(
-                    torch.allclose(torch.tensor(a), torch.tensor(b)) for a, b in zip(s_lay[2], t_lay[2])):
-                raise ValueError(
-                    f"Chen2017: RPN anchors differ: student strides {s_lay[0]} x {s_lay[1]} anchors, "
-                    f"teacher strides {t_lay[0]} x {t_lay[1]} anchors (or different sizes); the "
-                    f"per-anchor terms need the same anchors")
-            if tuple(s_rpn.box2box_transform.weights) != tuple(t_rpn.box2box_transform.weights):
-                raise ValueError(f"Chen2017: RPN box weights differ: student "
-                                 f"{s_rpn.box2box_transform.weights}, teacher {t_rpn.box2box_transform.weights}")
-        if self.use_roi:
-            if getattr(tm, "roi_heads", None) is None:
-                raise ValueError(f"Chen2017: the teacher ({type(tm).__name__}) has no ROI heads to distil")
-            s_bt = student.roi_heads.box_predictor.box2box_transform.weights
-            t_bt = tm.roi_heads.box_predictor.box2box_transform.weights
-            if tuple(s_bt) != tuple(t_bt):
-                raise ValueError(f"Chen2017: ROI box weights differ: student {s_bt}, teacher {t_bt}")
-        # the students' own target coders and RPN normaliser (checked equal to the teacher's above)
-        self._rpn_box2box = student.proposal_generator.box2box_transform
-        self._rpn_batch_size = student.proposal_generator.batch_size_per_image
-        self._roi_box2box = student.roi_heads.box_predictor.box2box_transform
-        s_shapes, t_shapes = student.backbone.output_shape(), teacher.output_shape()
+            return
         levels = self.hint_features or [k for k in s_shapes if k in t_shapes and s_shapes[k].stride == t_shapes[k].stride]
         if not levels:
-            raise ValueError(f"Chen2017: no common hint level: student has {dict((k, v.stride) for k, v in s_shapes.items())}, "
-                             f"teacher {dict((k, v.stride) for k, v in t_shapes.items())} (name: stride)")
+            raise ValueError(
+                f"Chen2017: no common hint level: student has {dict((k, v.stride) for k, v in s_shapes.items())}, "
+                f"teacher {dict((k, v.stride) for k, v in t_shapes.items())} (name: stride); pass "
+                f"hint_features, or student_hint and teacher_hint")
         check_levels("Chen2017", levels, s_shapes, t_shapes)
         self.hint_features = list(levels)
+        self._hints = {level: (level, level) for level in levels}
         for level in levels:
             self.adapters[level] = _adapter(s_shapes[level].channels, t_shapes[level].channels)
 
     def teacher_needs(self):
-        if self.on == "ssd":
-            return {"features", "ssd"}
-        if self.on == "rcnn":
-            return {"features"} | ({"rpn"} if self.use_rpn else set()) | ({"roi"} if self.use_roi else set())
-        return {"features"}
+        return {"features"} | {st.part for st in self._stages}
 
     def student_needs(self):
-        return self.teacher_needs() - {"features"}
+        return {st.part for st in self._stages}
+
+    def paired_needs(self):
+        # stages whose rows are anchors or priors compare row by row: they must coincide
+        return {st.part for st in self._stages if st.pairing == "anchors"}
 
     def detector_loss_scales(self) -> Dict[str, float]:
-        """μ on the hard classification loss(es); λ on the regression loss(es) when λ ≠ 1."""
-        if self.on == "ssd":
-            cls_keys, reg_keys = ["loss_cls"], ["loss_box_reg"]
-        elif self.on == "rcnn":
-            cls_keys = (["loss_rpn_cls"] if self.use_rpn else []) + (["loss_cls"] if self.use_roi else [])
-            reg_keys = (["loss_rpn_loc"] if self.use_rpn else []) + (["loss_box_reg"] if self.use_roi else [])
-        else:
-            return {}
-        scales = {k: self.mu for k in cls_keys}
+        """μ on the stages' hard classification losses; λ on their regression losses when λ ≠ 1."""
+        scales = {st.cls_loss: self.mu for st in self._stages}
         if self.lam != 1.0:
-            scales.update({k: self.lam for k in reg_keys})
+            scales.update({st.reg_loss: self.lam for st in self._stages})
         return scales
 
     # ---- computing --------------------------------------------------------------------------
     def forward(self, student, teacher) -> Dict[str, Tensor]:
-        return self._forward_ssd(student, teacher) if self.on == "ssd" else self._forward_rcnn(student, teacher)
-
-    def _soft(self, s: Tensor, t: Tensor, bg_index: int) -> Tensor:
-        return weighted_soft_ce(s, t, bg_index=bg_index, w_bg=self.w_bg, w_obj=self.w_obj,
-                                temperature=self.temperature)
-
-    def _forward_ssd(self, student, teacher) -> Dict[str, Tensor]:
-        s, t = student.ssd, teacher.ssd
-        check_same_priors("Chen2017", s, t)
-        t_logits, t_deltas = t.logits.detach(), t.deltas.detach()
-        pos, sel = s.pos_mask, s.pos_mask | s.neg_mask
-        n_pos = float(max(s.num_pos, 1))  # the SSD loss's normaliser (clamped like multibox_loss)
-        soft = (1.0 - self.mu) * self._soft(s.logits[sel], t_logits[sel], bg_index=0) / n_pos
-        rs, rt, y = s.deltas[pos], t_deltas[pos], s.targets[pos]
-        if self.variant == "ssd_repo":
-            bounded = bounded_regression_batch(rs, rt, y, self.margin, self.nu)
-            hint = F.mse_loss(float32(s.logits), float32(t_logits))
-        else:
-            bounded = self.nu * bounded_regression_per_box(rs, rt, y, self.margin).sum() if rs.numel() else zero_loss(rs)
-            sf, tf = student.features[self.student_hint], teacher.features[self.teacher_hint]
-            check_same_spatial_size("Chen2017", f"{self.student_hint}->{self.teacher_hint}", sf, tf)
-            hint = ((float32(self.adapters["hint"](sf)) - float32(tf).detach()) ** 2).mean()
-        return {"soft": soft, "bounded": self.lam * bounded / n_pos, "hint": self.gamma_hint * hint}
-
-    def _forward_rcnn(self, student, teacher) -> Dict[str, Tensor]:
+        s_views, t_views = student.stage_views(), teacher.stage_views()
         losses = {}
-        if self.use_rpn:
-            losses.update(self._rpn_terms(student, teacher))
-        if self.use_roi:
-            losses.update(self._roi_terms(student, teacher))
-        hint = None
-        for level in self.hint_features:
-            sf, tf = student.features[level], teacher.features[level]
-            check_same_spatial_size("Chen2017", level, sf, tf)
-            term = ((float32(self.adapters[level](sf)) - float32(tf).detach()) ** 2).mean()
-            hint = term if hint is None else hint + term
-        losses["hint"] = self.gamma_hint * hint
+        for st in self._stages:
+            student.check_same_rows("Chen2017", st.part, teacher)
+            s, t = s_views[st.part], t_views[st.part]
+            if s.logits.shape != t.logits.shape:
+                raise ValueError(
+                    f"Chen2017: the student's {st.part} has {tuple(s.logits.shape)} rows x classes on this "
+                    f"batch, the teacher's {tuple(t.logits.shape)}; the per-row terms need the same rows")
+            prefix = f"{st.part}_" if self._prefix_terms else ""
+            losses[prefix + "soft"], losses[prefix + "bounded"] = self._stage_terms(s, t)
+        losses["hint"] = self.gamma_hint * self._hint(student, teacher, s_views, t_views)
         return losses
 
-    def _rpn_terms(self, student, teacher) -> Dict[str, Tensor]:
-        s, t = student.rpn, teacher.rpn
-        s_logits = torch.cat(s.objectness_logits, dim=1)  # (N, R)
-        t_logits = torch.cat(t.objectness_logits, dim=1).detach()
-        if s_logits.shape != t_logits.shape:
-            raise ValueError(f"Chen2017: student RPN has {tuple(s_logits.shape)} anchor logits, teacher "
-                             f"{tuple(t_logits.shape)}; the anchors must coincide")
-        s_deltas = torch.cat(s.anchor_deltas, dim=1)  # (N, R, 4)
-        t_deltas = torch.cat(t.anchor_deltas, dim=1).detach()
-        labels = torch.stack(s.gt_labels)  # (N, R): 1 fg, 0 bg, -1 not sampled
-        sampled, pos = labels >= 0, labels == 1
-        # 2-class distribution [1 − σ(z), σ(z)] = softmax([0, z]); background = index 0
-        two = lambda z: torch.stack([torch.zeros_like(z), z], dim=-1)  # noqa: E731
-        normalizer = float(self._rpn_batch_size * labels.shape[0])  # Detectron2's RPN normaliser
-        soft = (1.0 - self.mu) * self._soft(two(s_logits[sampled]), two(t_logits[sampled]), bg_index=0) / normalizer
-        anchors = torch.cat([a.tensor for a in s.anchors], dim=0)  # (R, 4)
-        gt_boxes = torch.stack(s.gt_boxes)  # (N, R, 4)
-        if pos.any():
-            idx = pos.nonzero(as_tuple=True)
-            y = self._rpn_box2box.get_deltas(anchors[idx[1]], gt_boxes[idx])
-            lb = bounded_regression_per_box(s_deltas[idx], t_deltas[idx], y, self.margin).sum()
+    def _stage_terms(self, s, t):
+        """``(1−μ)·L_soft`` over the rows of the stage's classification loss and ``λ·L_b`` over
+        its positives, both with the stage's own normaliser."""
+        t_logits = t.logits.detach()
+        soft = weighted_soft_ce(s.logits[s.cls_rows], t_logits[s.cls_rows], bg_index=s.bg_index,
+                                w_bg=self.w_bg, w_obj=self.w_obj, temperature=self.temperature)
+        soft = (1.0 - self.mu) * soft / s.normalizer
+        pos = s.reg_rows
+        if not bool(pos.any()):
+            return soft, zero_loss(s.deltas)
+        rs, rt, y = s.row_deltas(pos), t.row_deltas(pos).detach(), s.reg_targets
+        if self.variant == "ssd_repo":
+            bounded = bounded_regression_batch(rs, rt, y, self.margin, self.nu)
         else:
-            lb = zero_loss(s_deltas)
-        return {"rpn_soft": soft, "rpn_bounded": self.lam * self.nu * lb / normalizer}
+            bounded = self.nu * bounded_regression_per_box(rs, rt, y, self.margin).sum()
+        return soft, self.lam * bounded / s.normalizer
 
-    def _roi_terms(self, student, teacher) -> Dict[str, Tensor]:
-        s, t = student.roi, teacher.roi
-        K = s.scores.shape[1] - 1
-        gt_classes = torch.cat([p.gt_classes for p in s.proposals])
-        R = max(gt_classes.numel(), 1)  # Detectron2's CE mean / box-loss normaliser
-        soft = (1.0 - self.mu) * self._soft(s.scores, t.scores.detach(), bg_index=K) / R
-        pos = ((gt_classes >= 0) & (gt_classes < K)).nonzero(as_tuple=True)[0]
-        if pos.numel() == 0:
-            return {"roi_soft": soft, "roi_bounded": zero_loss(s.deltas)}
-        boxes = torch.cat([p.proposal_boxes.tensor for p in s.proposals])[pos]
-        gt_boxes = torch.cat([p.gt_boxes.tensor for p in s.proposals])[pos]
-        y = self._roi_box2box.get_deltas(boxes, gt_boxes)
-        rs = self._gt_class_deltas(s.deltas[pos], gt_classes[pos])
-        rt = self._gt_class_deltas(t.deltas.detach()[pos], gt_classes[pos])
-        lb = bounded_regression_per_box(rs, rt, y, self.margin).sum()
-        return {"roi_soft": soft, "roi_bounded": self.lam * self.nu * lb / R}
-
-    @staticmethod
-    def _gt_class_deltas(deltas: Tensor, classes: Tensor) -> Tensor:
-        if deltas.shape[1] == 4:  # class-agnostic
-            return deltas
-        cols = classes[:, None] * 4 + torch.arange(4, device=deltas.device)
-        return deltas.gather(1, cols)
+    def _hint(self, student, teacher, s_views, t_views) -> Tensor:
+        """ssd_repo: the MSE of the stage's class logits over every row; paper: Σ over hint
+        pairs of mean((A(V) − Z)²)."""
+        if self.variant == "ssd_repo":
+            part = self._stages[0].part
+            return F.mse_loss(float32(s_views[part].logits), float32(t_views[part].logits.detach()))
+        hint = None
+        for key, (s_level, t_level) in self._hints.items():
+            sf, tf = student.features[s_level], teacher.features[t_level]
+            check_same_spatial_size("Chen2017", s_level if s_level == t_level else f"{s_level}->{t_level}", sf, tf)
+            term = ((float32(self.adapters[key](sf)) - float32(tf).detach()) ** 2).mean()
+            hint = term if hint is None else hint + term
+        return hint
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, on={self.on}, variant={self.variant}, mu={self.mu}, w_bg={self.w_bg}, "
-                f"T={self.temperature}, nu={self.nu}, margin={self.margin}, lam={self.lam}, "
-                f"gamma_hint={self.gamma_hint}")
+        return (f"{super().extra_repr()}, stages={[st.part for st in self._stages]}, variant={self.variant}, "
+                f"mu={self.mu}, w_bg={self.w_bg}, T={self.temperature}, nu={self.nu}, margin={self.margin}, "
+                f"lam={self.lam}, gamma_hint={self.gamma_hint}")

@@ -59,13 +59,15 @@ averaging them (``level_reduction="sum"``; the RetinaNet config uses it).
 """
 import logging
 from collections.abc import Mapping
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..records import detector_num_classes
+from detectron2.structures import Boxes
+
+from ..records import BoxPooling, ClassifierLayout, record_layout
 from .base import DISTILLER_REGISTRY, Distiller, check_levels, check_same_spatial_size, float32, zero_loss
 from .gkd_prototypes import PGMData, PrototypeGenerator
 
@@ -301,27 +303,29 @@ class GKD(Distiller):
         self._pgm: Optional[PrototypeGenerator] = None
         self._iteration = 0  # the training iteration of the current step (before_step)
         self.adapters = nn.ModuleDict()
-        self.on = None
+        self._classifier: Optional[ClassifierLayout] = None  # the student's, from bind()
+        self._poolings: Optional[Tuple[BoxPooling, BoxPooling]] = None  # (student, teacher)
         self.num_classes = None
         self._warned_no_prototypes = False
 
     # ---- building -----------------------------------------------------------------------------
     def bind(self, student, teacher) -> None:
-        parts = getattr(student, "student_parts", ())
-        self.on = "roi" if "roi" in parts else "head" if "head" in parts else None
-        if self.on is None:
-            raise ValueError(f"GKD needs a Faster R-CNN or RetinaNet student; {type(student).__name__} records {list(parts)}")
-        if self.in_features is None:
-            self.in_features = list(
-                student.proposal_generator.in_features if self.on == "roi" else student.head_in_features
+        layout = record_layout(student)
+        if layout.classifier is None or layout.anchors is None:
+            raise ValueError(
+                f"GKD needs anchors and a final classifier (Faster R-CNN, RetinaNet); "
+                f"{type(student).__name__} records {layout.parts}"
             )
+        self._classifier = layout.classifier
+        if self.in_features is None:
+            self.in_features = list(layout.anchors.levels)
         s_shapes, t_shapes = student.backbone.output_shape(), teacher.output_shape()
         check_levels("GKD", self.in_features, s_shapes, t_shapes)
         self.strides = [s_shapes[f].stride for f in self.in_features]
         for level in self.in_features:
             # 3×3, pad 1, no activation, PyTorch default init (the two-stage reference).
             self.adapters[level] = nn.Conv2d(s_shapes[level].channels, t_shapes[level].channels, 3, padding=1)
-        self.num_classes = detector_num_classes(student)
+        self.num_classes = layout.classifier.num_classes
         L, K = len(self.in_features), self.num_prototypes
         cs, ct = s_shapes[self.in_features[0]].channels, t_shapes[self.in_features[0]].channels
         for f in self.in_features:
@@ -355,25 +359,26 @@ class GKD(Distiller):
                     "pgm_period, or pgm_data with total_batch_size"
                 )
             self._pgm = PrototypeGenerator(self, self.pgm_data)
-        if self.on == "roi" and self.use_soft_label and "roi" in teacher.parts():
-            # Not submodules: plain references to the two models' ROI poolers (soft-label weights);
-            # a teacher without ROI heads is refused by the meta-architecture, naming the fix.
-            rh, trh = student.roi_heads, teacher.model.roi_heads
-            self._roi = dict(s_pooler=rh.box_pooler, s_in=list(rh.box_in_features),
-                             t_pooler=trh.box_pooler, t_in=list(trh.box_in_features))
+        t_classifier = teacher.layout().classifier
+        if (self.use_soft_label and self._classifier.pooling is not None
+                and t_classifier is not None and t_classifier.pooling is not None):
+            # A classifier on pooled box features (R-CNN): the soft labels' weights come from
+            # both models' own poolers (r2i_soft_weight). A teacher without that classifier is
+            # refused by the meta-architecture (teacher needs), naming the fix.
+            self._poolings = (self._classifier.pooling, t_classifier.pooling)
 
     def teacher_needs(self):
         needs = {"features"}
-        if self.use_soft_label and self.on:
-            needs.add(self.on)
+        if self.use_soft_label and self._classifier is not None:
+            needs.add(self._classifier.part)
         return needs
 
     def student_needs(self):
-        return {self.on} if self.on else set()
+        return {self._classifier.part} if self._classifier is not None else set()
 
     def paired_needs(self):
-        # RetinaNet soft labels compare the positive anchors' logits anchor by anchor
-        return {"head"} if self.use_soft_label and self.on == "head" else set()
+        # soft labels compare the positive rows' logits; rows that are anchors must coincide
+        return self._classifier.paired_parts() if self.use_soft_label and self._classifier is not None else set()
 
     def without(self, part: str):
         if part in ("roi", "head"):
@@ -416,28 +421,17 @@ class GKD(Distiller):
 
     # ---- instances ----------------------------------------------------------------------------
     def _instances(self, student):
-        """(boxes (n, 4), classes (n,), image index (n,)) of the instances the RDM weighs."""
-        K = self.num_classes
+        """(boxes (n, 4), classes (n,), image index (n,)) of the instances the RDM weighs: the
+        classifier's foreground rows (positive proposals or anchors, in row order) or the GT."""
+        if self.proposal_replace_gt:
+            view = student.classifier_view()
+            pos = view.foreground()
+            return view.boxes[pos].detach().float(), view.labels[pos].long(), view.image_index[pos]
         boxes, classes, index = [], [], []
-        if self.proposal_replace_gt and self.on == "roi":
-            for i, p in enumerate(student.roi.proposals):
-                pos = (p.gt_classes >= 0) & (p.gt_classes < K)
-                boxes.append(p.proposal_boxes.tensor[pos])
-                classes.append(p.gt_classes[pos])
-                index.append(torch.full((int(pos.sum()),), i, dtype=torch.long, device=pos.device))
-        elif self.proposal_replace_gt and self.on == "head":
-            anchors = torch.cat([a.tensor for a in student.head.anchors])
-            labels = student.head.gt_labels
-            for i in range(labels.shape[0]):
-                pos = (labels[i] >= 0) & (labels[i] < K)
-                boxes.append(anchors[pos])
-                classes.append(labels[i][pos])
-                index.append(torch.full((int(pos.sum()),), i, dtype=torch.long, device=pos.device))
-        else:
-            for i, inst in enumerate(student.gt_instances):
-                boxes.append(inst.gt_boxes.tensor)
-                classes.append(inst.gt_classes)
-                index.append(torch.full((len(inst),), i, dtype=torch.long, device=inst.gt_classes.device))
+        for i, inst in enumerate(student.gt_instances):
+            boxes.append(inst.gt_boxes.tensor)
+            classes.append(inst.gt_classes)
+            index.append(torch.full((len(inst),), i, dtype=torch.long, device=inst.gt_classes.device))
         device = student.features[self.in_features[0]].device
         if not boxes:
             return torch.zeros(0, 4, device=device), torch.zeros(0, dtype=torch.long, device=device), torch.zeros(
@@ -499,40 +493,26 @@ class GKD(Distiller):
         return losses
 
     def _soft_loss(self, student, teacher, s_feats, t_feats, instance_weights) -> Tensor:
-        K, T = self.num_classes, self.temperature
-        if self.on == "roi":
-            props = student.roi.proposals
-            gt = torch.cat([p.gt_classes for p in props])
-            pos = (gt >= 0) & (gt < K)
-            if not bool(pos.any()):
-                return zero_loss(student.roi.scores)
-            w = self._roi_weights(student, teacher, props, K)
-            return weighted_softmax_kd(student.roi.scores[pos], teacher.roi.scores[pos], T, w)
-        s = torch.cat(student.head.cls_logits, dim=1)  # (N, R, K)
-        t = torch.cat(teacher.head.cls_logits, dim=1)
-        labels = student.head.gt_labels
-        pos = (labels >= 0) & (labels < K)
+        s, t = student.classifier_view(), teacher.classifier_view()
+        pos = s.foreground()
         if not bool(pos.any()):
-            return zero_loss(s)
-        if self.proposal_replace_gt:
-            w = instance_weights  # the instances ARE the positive anchors, in the same order
+            return zero_loss(s.logits)
+        if self._poolings is not None:
+            w = self._pooled_weights(student, teacher, s, pos)
+        elif self.proposal_replace_gt:
+            w = instance_weights  # the instances ARE the foreground rows, in the same order
         else:
-            anchors = torch.cat([a.tensor for a in student.head.anchors])
-            idx = torch.nonzero(pos, as_tuple=False)  # (P, 2): image, anchor (row-major = pos order)
-            boxes, index, classes = anchors[idx[:, 1]], idx[:, 0], labels[pos].long()
+            boxes, index, classes = s.boxes[pos], s.image_index[pos], s.labels[pos].long()
             levels = assign_levels(boxes, len(self.in_features), self.canonical_size)
             w = self._map_weights(s_feats, t_feats, boxes, classes, index, levels)
-        kd = weighted_softmax_kd if self.retina_soft == "softmax" else weighted_sigmoid_kd
-        return kd(s[pos], t[pos], T, w)
+        # a softmax classifier's rows are distributions already; sigmoid rows: retina_soft
+        kd = weighted_sigmoid_kd if s.probability == "sigmoid" and self.retina_soft == "sigmoid" else weighted_softmax_kd
+        return kd(s.logits[pos], t.logits[pos], self.temperature, w)
 
-    def _roi_weights(self, student, teacher, props, K) -> Tensor:
-        """``w_i`` of the positive ROIs from their 7×7 RoIAlign features, average-pooled
-        (``r2i_soft_weight``), at the level the ROI pooler assigns them."""
-        from detectron2.modeling.poolers import assign_boxes_to_levels
-        from detectron2.structures import Boxes
-
-        pos_boxes = [Boxes(p.proposal_boxes.tensor[(p.gt_classes >= 0) & (p.gt_classes < K)]) for p in props]
-        classes = torch.cat([p.gt_classes[(p.gt_classes >= 0) & (p.gt_classes < K)] for p in props]).long()
+    def _pooled_weights(self, student, teacher, view, pos) -> Tensor:
+        """``w_i`` of the foreground rows from the classifier's own pooled features (7×7
+        RoIAlign, average-pooled: ``r2i_soft_weight``), at the level its pooler assigns them."""
+        classes = view.labels[pos].long()
         n = len(classes)
         w = torch.ones(n, device=classes.device)
         if not self.use_robust_weights:
@@ -542,23 +522,18 @@ class GKD(Distiller):
                 logger.warning("GKD: no prototypes yet (the PGM has not run): robustness weights are 1")
                 self._warned_no_prototypes = True
             return w
-        r = self._roi
+        s_pool, t_pool = self._poolings
+        rows, index = view.boxes[pos], view.image_index[pos]
+        pos_boxes = [Boxes(rows[index == i]) for i in range(len(student.images))]
         with torch.no_grad():
-            fs = r["s_pooler"]([student.features[f].detach() for f in r["s_in"]], pos_boxes).mean(dim=(2, 3))
+            fs = s_pool.pool({f: student.features[f].detach() for f in s_pool.in_features}, pos_boxes).mean(dim=(2, 3))
             # fp32: torchvision's CPU RoIAlign has no bfloat16 kernel (autocast teachers record bf16)
-            ft = r["t_pooler"]([float32(teacher.features[f]) for f in r["t_in"]], pos_boxes).mean(dim=(2, 3))
-            pooler = r["s_pooler"]
-            if len(pooler.level_poolers) == 1:
-                roi_levels = torch.zeros(n, dtype=torch.long, device=classes.device)
-            else:
-                roi_levels = assign_boxes_to_levels(
-                    pos_boxes, pooler.min_level, pooler.max_level, pooler.canonical_box_size, pooler.canonical_level
-                )
+            ft = t_pool.pool({f: float32(teacher.features[f]) for f in t_pool.in_features}, pos_boxes).mean(dim=(2, 3))
             to_proto = torch.tensor(
-                [self.in_features.index(f) if f in self.in_features else -1 for f in r["s_in"]],
+                [self.in_features.index(f) if f in self.in_features else -1 for f in s_pool.in_features],
                 device=classes.device,
             )
-            proto_levels = to_proto[roi_levels]
+            proto_levels = to_proto[s_pool.levels(pos_boxes)]
             ok = proto_levels >= 0
             if bool(ok.any()):
                 w[ok] = robustness_weights(
@@ -589,7 +564,7 @@ class GKD(Distiller):
 
     def extra_repr(self) -> str:
         return (
-            f"{super().extra_repr()}, on={self.on}, levels={self.in_features}, fg={self.fg_weight}, "
+            f"{super().extra_repr()}, classifier={self._classifier.part if self._classifier else None}, levels={self.in_features}, fg={self.fg_weight}, "
             f"bg={self.bg_weight}, T={self.temperature}, replace_gt={self.proposal_replace_gt}, "
             f"K={self.num_prototypes}, alpha={self.alpha}, attenuation={self.attenuation}, "
             f"global={self.global_loss}"

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..records import record_layout
 from .base import DISTILLER_REGISTRY, Distiller, float32, zero_loss
 
 __all__ = ["LSHFM", "lsh_loss", "l2_loss", "unfold_locations"]
@@ -75,10 +76,10 @@ def lsh_loss(f_s: Tensor, f_t: Tensor, weight: Tensor, bias: Optional[Tensor] = 
     raise ValueError(f"LSHFM: lsh_loss must be one of {LSH_LOSSES}, got {kind!r}")
 
 
-def unfold_locations(x: Tensor) -> Tensor:
-    """(N, C, H, W) → (N, H*W, C*9): the 3×3 neighbourhood (padding 1) of every location, as
-    ``F.unfold(x, (3, 3), padding=1).transpose(1, 2)`` in the reference."""
-    return F.unfold(x, (3, 3), padding=1).transpose(1, 2)
+def unfold_locations(x: Tensor, kernel_size: int = 3) -> Tensor:
+    """(N, C, H, W) → (N, H*W, C·k²): the k×k neighbourhood (padding k//2) of every location,
+    as ``F.unfold(x, (3, 3), padding=1).transpose(1, 2)`` in the reference (k = 3)."""
+    return F.unfold(x, (kernel_size, kernel_size), padding=kernel_size // 2).transpose(1, 2)
 
 
 @DISTILLER_REGISTRY.register()
@@ -125,7 +126,7 @@ class LSHFM(Distiller):
         self.seed = int(seed)
         self.adapter_mode = adapter
         self.skip_images_without_gt = bool(skip_images_without_gt)
-        self.on = None  # "roi" | "head"
+        self._classifier = None  # the student's ClassifierLayout, from bind()
         self.adapter: Optional[nn.Module] = None
         self.feature_dim = None
 
@@ -139,39 +140,36 @@ class LSHFM(Distiller):
 
     # ---- building ---------------------------------------------------------------------------
     def bind(self, student, teacher) -> None:
-        parts = getattr(student, "student_parts", ())
-        t = teacher.model
-        if "roi" in parts:
-            self.on = "roi"
-            d_s = student.roi_heads.box_head.output_shape.channels
-            d_t = t.roi_heads.box_head.output_shape.channels
-            classifier = t.roi_heads.box_predictor.cls_score.weight
-            what = "box-head output dim"
-        elif "head" in parts:
-            self.on = "head"
-            d_s = student.head.cls_score.in_channels
-            d_t = t.head.cls_score.in_channels
-            classifier = t.head.cls_score.weight
-            what = "classification-tower channels"
-        else:
+        s_cls, t_cls = record_layout(student).classifier, teacher.layout().classifier
+        if s_cls is None or t_cls is None or s_cls.input_form != t_cls.input_form:
             raise ValueError(
-                f"LSHFM needs ROI box features or a RetinaNet head; {type(student).__name__} records {list(parts)}"
+                f"LSHFM needs the features both final classifiers read, in the same form (box-head "
+                f"rows, as Faster R-CNN's; or tower maps, as RetinaNet's); the student "
+                f"{type(student).__name__} records {record_layout(student).parts}, the teacher "
+                f"{type(teacher.model).__name__} {teacher.layout().parts}"
             )
+        self._classifier = s_cls
+        rows = s_cls.input_form == "rows"
+        d_s, d_t = s_cls.input_channels, t_cls.input_channels
+        what = "box-head output dim" if rows else "classification-tower channels"
         if d_s != d_t and self.adapter_mode == "never":
             raise ValueError(
                 f"LSHFM: student {what} {d_s} but teacher {d_t}; use adapter='auto' to add a "
-                f"student-side {'linear' if self.on == 'roi' else '1x1 conv'} adapter"
+                f"student-side {'linear' if rows else '1x1 conv'} adapter"
             )
         if d_s != d_t or self.adapter_mode == "always":
-            if self.on == "roi":
+            if rows:
                 self.adapter = nn.Linear(d_s, d_t)
             else:
                 self.adapter = nn.Conv2d(d_s, d_t, kernel_size=1)
                 nn.init.kaiming_uniform_(self.adapter.weight, a=1)
                 nn.init.zeros_(self.adapter.bias)
-        self.feature_dim = d_t if self.on == "roi" else d_t * 9
+        # maps: every location's k×k neighbourhood, what the conv classifier reads there (§3.2)
+        self.feature_dim = d_t * t_cls.input_kernel**2
         if self.uses_hash:
-            n_h = self.hash_bits or (4 * self.feature_dim if self.on == "roi" else 4096)
+            # the reference's N_h: 4·D for box-head rows, --hash-num 4096 for tower maps
+            n_h = self.hash_bits or (4 * self.feature_dim if rows else 4096)
+            classifier = t_cls.weight
             std = float(classifier.detach().float().std()) if self.std is None else float(self.std)
             if not std > 0:
                 raise ValueError(f"LSHFM: hash std must be > 0, got {std} (teacher classifier std)")
@@ -184,10 +182,10 @@ class LSHFM(Distiller):
             self.register_buffer("hash_bias", torch.zeros(n_h, device=dev))
 
     def teacher_needs(self):
-        return {"features", self.on} if self.on else {"features"}
+        return {"features", self._classifier.part} if self._classifier is not None else {"features"}
 
     def student_needs(self):
-        return {self.on} if self.on else set()
+        return {self._classifier.part} if self._classifier is not None else set()
 
     # ---- computing --------------------------------------------------------------------------
     def _terms(self, f_s: Tensor, f_t: Tensor) -> Dict[str, Tensor]:
@@ -203,15 +201,17 @@ class LSHFM(Distiller):
         return {k: z for k in (["l2"] if self.uses_l2 else []) + (["lsh"] if self.uses_hash else [])}
 
     def forward(self, student, teacher) -> Dict[str, Tensor]:
-        if self.on == "roi":
-            return self.forward_roi(student, teacher)
-        return self.forward_head(student, teacher)
+        s_in, t_in = student.classifier_input_view(), teacher.classifier_input_view()
+        if s_in.rows is not None:
+            return self.forward_rows(s_in, t_in)
+        return self.forward_maps(student, s_in, t_in)
 
-    def forward_roi(self, student, teacher) -> Dict[str, Tensor]:
-        f_s = student.roi.box_features
+    def forward_rows(self, s_in, t_in) -> Dict[str, Tensor]:
+        """One feature vector per classifier row (an R-CNN box head's output): mean over rows."""
+        f_s = s_in.rows
         if self.adapter is not None:
             f_s = self.adapter(f_s)
-        f_t = teacher.roi.box_features.detach()
+        f_t = t_in.rows.detach()
         if f_s.shape != f_t.shape:
             raise ValueError(
                 f"LSHFM: student box features {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}; "
@@ -224,21 +224,22 @@ class LSHFM(Distiller):
     def selected_locations(self, student) -> Tensor:
         """(N, L) bool over all levels' locations: used unless all A anchors are ignored (−1);
         images without GT select nothing when ``skip_images_without_gt``."""
-        head = student.head
-        labels = head.gt_labels  # (N, R), R = Σ H*W*A
-        n = labels.shape[0]
-        selected = ~(labels.view(n, -1, head.num_anchors) == -1).all(dim=2)
+        labels = student.classifier_input_view().labels  # (N, L, A)
+        selected = ~(labels == -1).all(dim=2)
         if self.skip_images_without_gt:
             has_gt = torch.tensor([len(x) > 0 for x in student.gt_instances], device=labels.device)
             selected = selected & has_gt[:, None]
         return selected
 
-    def forward_head(self, student, teacher) -> Dict[str, Tensor]:
-        s_feats = student.head.cls_features
+    def forward_maps(self, student, s_in, t_in) -> Dict[str, Tensor]:
+        """A conv classifier's input maps: every location's k×k neighbourhood is one vector; per
+        image the mean over its selected locations, then the sum over images / images used."""
+        s_feats = s_in.maps
         if self.adapter is not None:
             s_feats = [self.adapter(x) for x in s_feats]
-        f_s = torch.cat([unfold_locations(float32(x)) for x in s_feats], dim=1)  # (N, L, D)
-        f_t = torch.cat([unfold_locations(float32(x.detach())) for x in teacher.head.cls_features], dim=1)
+        k = s_in.kernel_size
+        f_s = torch.cat([unfold_locations(float32(x), k) for x in s_feats], dim=1)  # (N, L, D)
+        f_t = torch.cat([unfold_locations(float32(x.detach()), k) for x in t_in.maps], dim=1)
         if f_s.shape != f_t.shape:
             raise ValueError(
                 f"LSHFM: unfolded student tower features {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}"
@@ -255,8 +256,8 @@ class LSHFM(Distiller):
             if not bool(sel.any()):
                 continue
             n_img += 1
-            for k, v in self._terms(f_s[i][sel], f_t[i][sel]).items():
-                sums[k] = v if k not in sums else sums[k] + v
+            for key, v in self._terms(f_s[i][sel], f_t[i][sel]).items():
+                sums[key] = v if key not in sums else sums[key] + v
         if n_img == 0:
             return self._zero_terms(f_s)
-        return {k: v / (n_img + 1e-7) for k, v in sums.items()}
+        return {key: v / (n_img + 1e-7) for key, v in sums.items()}

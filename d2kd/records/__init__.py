@@ -7,15 +7,25 @@ a :class:`DetectorRecord` (:mod:`.base`). Methods read them through family-neutr
 never the other way round.
 """
 from .base import (  # noqa: F401
+    PAIRING_CHECKS,
     RECORD_LAYOUT_TABLE,
     TEACHER_PART_TABLE,
     TEACHER_PARTS,
     DetectorRecord,
     TeacherPart,
+    check_paired_part,
     detector_num_classes,
     record_layout,
 )
-from .rcnn import ROIRecord, RPNRecord, rcnn_layout, roi_box_outputs, roi_heads_training, rpn_outputs  # noqa: F401
+from .rcnn import (  # noqa: F401
+    ROIRecord,
+    RPNRecord,
+    check_same_rpn_anchors,
+    rcnn_layout,
+    roi_box_outputs,
+    roi_heads_training,
+    rpn_outputs,
+)
 from .retinanet import (  # noqa: F401
     DenseHeadLayout,
     DenseHeadRecord,
@@ -28,7 +38,11 @@ from .ssd import SSDRecord, check_same_priors, check_ssd_prior_layout, is_ssd, s
 from .views import (  # noqa: F401
     AnchorsLayout,
     AnchorsView,
+    BoxPooling,
+    ClassifierInputView,
     ClassifierLayout,
     ClassifierView,
+    DetectionStageView,
     RecordLayout,
+    StageLayout,
 )

@@ -15,10 +15,16 @@ from torch import Tensor, nn
 
 from detectron2.structures import ImageList, Instances
 
-from .rcnn import ROIRecord, RPNRecord, rcnn_layout, roi_box_outputs, rpn_outputs
-from .retinanet import DenseHeadRecord, dense_head_layout, retinanet_head_outputs, retinanet_layout
-from .ssd import SSDRecord, is_ssd, ssd_layout, ssd_outputs
-from .views import AnchorsView, ClassifierView, RecordLayout
+from .rcnn import ROIRecord, RPNRecord, check_same_rpn_anchors, rcnn_layout, roi_box_outputs, rpn_outputs
+from .retinanet import (
+    DenseHeadRecord,
+    check_same_dense_head_layout,
+    dense_head_layout,
+    retinanet_head_outputs,
+    retinanet_layout,
+)
+from .ssd import SSDRecord, check_ssd_prior_layout, is_ssd, ssd_layout, ssd_outputs
+from .views import AnchorsView, ClassifierInputView, ClassifierView, DetectionStageView, RecordLayout
 
 __all__ = [
     "DetectorRecord",
@@ -27,6 +33,8 @@ __all__ = [
     "TEACHER_PARTS",
     "RECORD_LAYOUT_TABLE",
     "record_layout",
+    "PAIRING_CHECKS",
+    "check_paired_part",
     "detector_num_classes",
 ]
 
@@ -61,6 +69,25 @@ class DetectorRecord:
     def classifier_view(self) -> ClassifierView:
         """The final classification, one row per scored box (``roi`` or ``head``)."""
         return self._view("classifier_view", "classifier outputs (ROI or dense-head logits)")
+
+    def classifier_input_view(self) -> ClassifierInputView:
+        """What the final classifier reads (``roi``: box-head rows; ``head``: tower maps)."""
+        return self._view("classifier_input_view", "classifier inputs (ROI box features or a dense tower's maps)")
+
+    def stage_views(self) -> Dict[str, DetectionStageView]:
+        """The softmax detection stages recorded (``rpn``, ``roi``, ``ssd``), by part, in order."""
+        return {
+            slot: getattr(self, slot).stage_view()
+            for slot in _SLOTS
+            if getattr(self, slot) is not None and hasattr(getattr(self, slot), "stage_view")
+        }
+
+    def check_same_rows(self, method: str, part: str, teacher: "DetectorRecord") -> None:
+        """Per batch: the teacher's rows of ``part`` line up with the student's (same anchors or
+        priors), where the slot can tell; raises naming ``method`` otherwise."""
+        mine = getattr(self, part)
+        if hasattr(mine, "check_same_rows"):
+            mine.check_same_rows(method, getattr(teacher, part))
 
     def _view(self, method: str, what: str):
         # one record holds one detector's slots: the first filled slot that gives the view
@@ -150,6 +177,25 @@ RECORD_LAYOUT_TABLE: Dict[str, Callable[[nn.Module], Optional[RecordLayout]]] = 
     "retinanet": retinanet_layout,
     "ssd": ssd_layout,
 }
+
+
+#: Per part, the build-time check that a teacher's rows of that part line up with the
+#: student's element by element (``Distiller.paired_needs``): ``check(method, student, teacher)``.
+PAIRING_CHECKS: Dict[str, Callable[[str, nn.Module, nn.Module], None]] = {
+    "head": lambda method, student, teacher: check_same_dense_head_layout(
+        method, dense_head_layout(student), dense_head_layout(teacher)
+    ),
+    "rpn": check_same_rpn_anchors,
+    "ssd": check_ssd_prior_layout,
+}
+
+
+def check_paired_part(part: str, method: str, student: nn.Module, teacher: nn.Module) -> None:
+    """Raise, naming ``method``, where ``teacher``'s rows of ``part`` do not line up with
+    ``student``'s (a part without rows of its own to pair, e.g. ``roi``, always passes)."""
+    check = PAIRING_CHECKS.get(part)
+    if check is not None:
+        check(method, student, teacher)
 
 
 def record_layout(model: nn.Module) -> RecordLayout:

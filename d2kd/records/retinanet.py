@@ -13,7 +13,7 @@ from torch import Tensor
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
 
-from .views import AnchorsLayout, AnchorsView, ClassifierLayout, ClassifierView, RecordLayout
+from .views import AnchorsLayout, AnchorsView, ClassifierInputView, ClassifierLayout, ClassifierView, RecordLayout
 
 __all__ = [
     "DenseHeadRecord",
@@ -35,9 +35,23 @@ class DenseHeadRecord:
     gt_labels: Optional[Tensor] = None  # (N, R): class id, K = background, -1 = ignored
     gt_boxes: Optional[Tensor] = None  # (N, R, 4)
     levels: Optional[List[str]] = None  # the head's ``in_features``, the levels of the lists above
+    cls_kernel_size: int = 3  # the classifier conv's kernel (RetinaNetHead's cls_score: 3×3)
 
     def anchors_view(self) -> AnchorsView:
         return AnchorsView(levels=self.levels, anchors=self.anchors)
+
+    def classifier_input_view(self) -> ClassifierInputView:
+        """The classification tower's output per level, read by the ``cls_kernel_size``² conv
+        classifier at every location; ``labels`` (N, L, A): the GT class of each anchor there."""
+        labels = None
+        if self.gt_labels is not None:
+            labels = self.gt_labels.view(self.gt_labels.shape[0], -1, self.num_anchors)
+        return ClassifierInputView(
+            maps=self.cls_features,
+            kernel_size=self.cls_kernel_size,
+            anchors_per_location=self.num_anchors,
+            labels=labels,
+        )
 
     def classifier_view(self) -> ClassifierView:
         """One sigmoid row per anchor of every image: row ``i·R + r`` is anchor ``r`` (levels
@@ -89,6 +103,7 @@ def retinanet_head_outputs(model, features: Dict[str, Tensor]) -> DenseHeadRecor
         cls_features=cls_features,
         num_anchors=num_anchors,
         levels=list(model.head_in_features),
+        cls_kernel_size=head.cls_score.kernel_size[0],
     )
 
 
@@ -118,7 +133,14 @@ def retinanet_layout(model) -> Optional[RecordLayout]:
         feature_shapes=dict(model.backbone.output_shape()),
         anchors=AnchorsLayout(part="head", levels=tuple(model.head_in_features)),
         classifier=ClassifierLayout(
-            part="head", probability="sigmoid", num_classes=model.num_classes, pairing="anchors"
+            part="head",
+            probability="sigmoid",
+            num_classes=model.num_classes,
+            pairing="anchors",
+            input_form="maps",
+            input_channels=model.head.cls_score.in_channels,
+            input_kernel=model.head.cls_score.kernel_size[0],
+            weight=model.head.cls_score.weight,
         ),
     )
 

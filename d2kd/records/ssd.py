@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .views import RecordLayout
+from .views import DetectionStageView, RecordLayout, StageLayout
 
 __all__ = ["SSDRecord", "ssd_outputs", "check_ssd_prior_layout", "check_same_priors", "ssd_layout"]
 
@@ -32,6 +32,25 @@ class SSDRecord:
     pos_mask: Optional[Tensor] = None  # (N, P) bool
     neg_mask: Optional[Tensor] = None  # (N, P) bool, mined negatives
     num_pos: int = 0
+
+    def stage_view(self) -> DetectionStageView:
+        """The per-prior softmax (background column 0) and deltas, one row per prior of every
+        image; with the step's GT matching (the student's record): the positives and mined
+        negatives classified, the positives regressed towards their encoded GT boxes, the SSD
+        loss's normaliser (positives in the batch, at least 1)."""
+        view = DetectionStageView(
+            part="ssd", logits=self.logits.flatten(0, 1), bg_index=0, deltas=self.deltas.flatten(0, 1)
+        )
+        if self.pos_mask is not None:
+            view.cls_rows = (self.pos_mask | self.neg_mask).flatten()
+            view.reg_rows = self.pos_mask.flatten()
+            view.reg_targets = self.targets.flatten(0, 1)[view.reg_rows]
+            view.normalizer = float(max(self.num_pos, 1))
+        return view
+
+    def check_same_rows(self, method: str, teacher: "SSDRecord") -> None:
+        """Per batch: the teacher's priors are the student's."""
+        check_same_priors(method, self, teacher)
 
     def layout(self) -> str:
         return (f"{self.priors.shape[0]} priors, levels {self.level_sizes} x "
@@ -57,11 +76,16 @@ def ssd_outputs(model, features: Dict[str, Tensor]) -> SSDRecord:
 
 def ssd_layout(model) -> Optional[RecordLayout]:
     """The record layout of an SSD (:func:`is_ssd`), else None: its per-prior outputs in the
-    ``ssd`` slot. No anchors or classifier view yet: the priors are normalised cxcywh boxes, the
-    background is column 0 and the classifier's rows are the mined priors (a later step)."""
+    ``ssd`` slot, one softmax detection stage whose rows pair prior by prior. No anchors or
+    classifier view: the priors are normalised cxcywh boxes and the classifier's rows are the
+    mined priors, which the methods reading those views do not expect."""
     if not is_ssd(model):
         return None
-    return RecordLayout(parts=["features", "ssd"], feature_shapes=dict(model.backbone.output_shape()))
+    return RecordLayout(
+        parts=["features", "ssd"],
+        feature_shapes=dict(model.backbone.output_shape()),
+        stages=[StageLayout("ssd", "loss_cls", "loss_box_reg", tuple(getattr(model, "box_variances", ())), "anchors")],
+    )
 
 
 def _generator_layout(model) -> Dict:

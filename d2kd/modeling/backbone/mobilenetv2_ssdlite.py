@@ -110,6 +110,10 @@ class MobileNetV2SSDLite(Backbone):
         out_features: names to return (default: the six SSD sources, in order).
     """
 
+    #: The layer a feature hint guides in this backbone (Chen et al. 2017's guided layer,
+    #: docs/methods.md §1.2); a distiller's default where it pairs differently named levels.
+    hint_feature = "expand7"
+
     def __init__(
         self,
         *,

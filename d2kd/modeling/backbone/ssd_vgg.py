@@ -123,6 +123,10 @@ class VGG16SSD(Backbone):
     sources of the layout, in order; ``self.source_names``).
     """
 
+    #: The layer a feature hint imitates in this backbone (Chen et al. 2017's hint layer,
+    #: docs/methods.md §1.2); a distiller's default where it pairs differently named levels.
+    hint_feature = "conv4_3"
+
     def __init__(
         self,
         *,

@@ -20,8 +20,7 @@ from ...records import (
     TEACHER_PART_TABLE,
     TEACHER_PARTS,
     DetectorRecord,
-    check_same_dense_head_layout,
-    dense_head_layout,
+    check_paired_part,
     detector_num_classes,
 )
 from ...runtime import current_iteration
@@ -113,8 +112,8 @@ class DistillationMixin:
                 f"{type(d).__name__} needs student outputs {sorted(lacking)} that {type(self).__name__} "
                 f"does not record (it records {list(self.student_parts)})"
             )
-        if "head" in d.paired_needs():
-            check_same_dense_head_layout(type(d).__name__, dense_head_layout(self), self.teacher.dense_head_layout())
+        for part in sorted(d.paired_needs()):
+            check_paired_part(part, type(d).__name__, self, self.teacher.model)
 
     def _check_weights(self):
         """A run whose every KD multiplier is 0 trains the student alone, at the teacher's cost."""
