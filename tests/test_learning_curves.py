@@ -9,7 +9,7 @@ import pytest
 from conftest import D2_MISSING, REPO
 
 pytest.importorskip("detectron2", reason=D2_MISSING)  # importing d2kd needs it
-from benchmarking.learning_curves import ap_at, ap_curve, plateau  # noqa: E402
+from benchmarking.learning_curves import ap_at, ap_curve, markdown_table, plateau, schedule_gains  # noqa: E402
 
 
 def rows_of(evals, max_iter, losses_every=100):
@@ -65,6 +65,19 @@ def test_tool_writes_the_plot_and_table(tmp_path):
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     table = (tmp_path / "out" / "curves.md").read_text()
     # last quarter: 9.5 -> 9.8 = +0.3 (plateaued); 50 -> 75 %: 9.0 -> 9.5 = +0.5
-    assert "| student | 1000 | 250: 5.0, 500: 9.0, 750: 9.5, 1000: 9.8 | 9.8 | +0.5 | +0.3 | yes |" in table
+    assert "| student | 1000 | 250: 5.0, 500: 9.0, 750: 9.5, 1000: 9.8 | 9.8 | +0.5 | +0.3 |  | yes |" in table
     with pytest.raises(SystemExit):
         tool.main(["--run", str(run), "--output", str(tmp_path / "x")])  # no LABEL=
+
+
+def test_a_longer_schedule_decides_the_plateau():
+    # the 1000-iteration run gains +0.3 over its last quarter (within-run: plateaued), but the
+    # same model trained 2000 iterations ends 6 AP higher: not plateaued at 1000; the 4000 one
+    # ends 0.5 above the 2000 one: plateaued at 2000 (the gain is the 4000 run's row)
+    short = [(500, 9.0), (750, 9.5), (1000, 9.8)]
+    named = [("m", short, 1000), ("m", [(1000, 12.0), (2000, 15.8)], 2000),
+             ("m", [(2000, 14.0), (4000, 16.3)], 4000), ("other", [(500, 1.0), (1000, 8.0)], 1000)]
+    assert schedule_gains(named) == [None, (1000, pytest.approx(6.0)), (2000, pytest.approx(0.5)), None]
+    rows = markdown_table(named).splitlines()[2:]
+    assert rows[1].endswith("| +6.0 (vs 1000) | no |") and rows[2].endswith("| +0.5 (vs 2000) | yes |")
+    assert rows[0].endswith("|  | yes |") and rows[3].endswith("|  | no |")  # one length: within-run test

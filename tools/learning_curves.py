@@ -6,8 +6,9 @@
         [--window 0.25 --tol 1.0] [--title TEXT]
 
 Each run folder is a ``train_net.py`` output with periodic evaluation (``train.eval_period``).
-Writes ``<output>.png`` (the curves) and ``<output>.md`` (each run's evaluations and whether it
-gained less than ``--tol`` AP over the last ``--window`` of its schedule; see
+Writes ``<output>.png`` (the curves) and ``<output>.md`` (each run's evaluations, its gain over
+the last ``--window`` of its schedule, and, for runs given twice with the same LABEL at two
+lengths, the final AP the longer schedule gained: plateaued when that is below ``--tol``; see
 :mod:`benchmarking.learning_curves`).
 """
 import argparse
@@ -35,7 +36,7 @@ def main(argv=None):
             parser.error(f"--run {item!r}: {len(curve)} evaluation(s) in its metrics.json; a curve needs "
                          f"train.eval_period below train.max_iter")
         named.append((label, curve, max_iter))
-    png = plot([(label, curve) for label, curve, _ in named], args.output + ".png", args.title)
+    png = plot([(f"{label}, {max_iter} it", curve) for label, curve, max_iter in named], args.output + ".png", args.title)
     md = args.output + ".md"
     with open(md, "w") as f:
         f.write(markdown_table(named, window=args.window, tol=args.tol))
