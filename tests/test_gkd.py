@@ -404,6 +404,44 @@ def test_batch_without_objects_gives_finite_losses_and_global_option(tmp_path):
     assert losses["loss_kd_gkd_global"].item() > 0
 
 
+def test_global_loss_recomputes_the_robustness_weight_at_every_level(tmp_path):
+    # r2i_om_loss (kd_one_stage_strategy.py) runs once per level over ALL instances, with the
+    # weights computed from that level's crops and prototypes: w_l,i, not instance i's own level's
+    from detectron2.utils.events import EventStorage
+
+    cfg, model = _build("faster_rcnn", tmp_path, ["model.distillers.0.global_loss=True"])
+    d = model.distillers[0]
+    _set_random_prototypes(d, invalid_class=3)
+    d.max_iter = 10
+    cap = _spy(d)
+    with EventStorage(0):  # attenuation 1
+        model(_batch(cfg))
+    s, t, out = cap["student"], cap["teacher"], cap["out"]
+    K = d.num_classes
+    instances = [(b, box, c) for b, p in enumerate(s.roi.proposals)
+                 for box, c in zip(p.proposal_boxes.tensor.tolist(), p.gt_classes.tolist()) if c < K]
+    total, differs = 0.0, False
+    for lvl, f in enumerate(d.in_features):
+        stride = d.strides[lvl]
+        ps = d.proto_student[lvl][d.proto_valid[lvl]].flatten(0, 1)
+        pt = d.proto_teacher[lvl][d.proto_valid[lvl]].flatten(0, 1)
+        phi_s, phi_t = [], []
+        for b, box, c in instances:
+            fs = _ref_crop(s.features[f].detach(), b, box, stride)
+            ft = _ref_crop(t.features[f], b, box, stride)
+            w = _ref_weight(d, fs, ft, lvl, c)  # at THIS level
+            own = min(max(math.floor(math.log2(math.sqrt((box[2] - box[0] + 1) * (box[3] - box[1] + 1)) / 14 + 1e-6)), 0), 4)
+            differs |= own != lvl and abs(w - _ref_weight(d, _ref_crop(s.features[d.in_features[own]].detach(), b, box,
+                                                                     d.strides[own]),
+                                                        _ref_crop(t.features[d.in_features[own]], b, box, d.strides[own]),
+                                                        own, c)) > 1e-3
+            phi_s.append(w * F.cosine_similarity(fs[None], ps, dim=1))
+            phi_t.append(w * F.cosine_similarity(ft[None], pt, dim=1))
+        total += float(F.smooth_l1_loss(torch.stack(phi_s), torch.stack(phi_t)))
+    assert differs  # the instance's own level's weight would give another loss
+    assert out["global"].item() == pytest.approx(5.0 * total, rel=1e-4)
+
+
 def test_retinanet_gkd_soft_labels_on_positive_anchors(tmp_path):
     from detectron2.utils.events import EventStorage
 

@@ -37,9 +37,10 @@ Losses (each term is returned unweighted by the meta-arch's ``weight × schedule
   ``w_i`` from the 7×7 RoIAlign features average-pooled (level of the ROI pooler).
   RetinaNet: the positive anchors' K class logits (see "RetinaNet" below).
 * ``global`` (``global_loss=True``; off in the released config, the code's
-  ``pair_wise='use_r2i'``): per level, ``SmoothL1(w ⊙ Φ^S, w ⊙ Φ^T)`` (mean), Φ = cosine
-  similarities of every instance's pooled feature to all prototypes of all classes at the level,
-  summed over levels, × ``global_weight`` (5 in the config) × att.
+  ``pair_wise='use_r2i'``): per level ℓ, ``SmoothL1(w_ℓ ⊙ Φ^S_ℓ, w_ℓ ⊙ Φ^T_ℓ)`` (mean), Φ_ℓ =
+  cosine similarities of every instance's crop at level ℓ to all prototypes of all classes at
+  ℓ, ``w_ℓ,i`` the robustness weight recomputed at ℓ (crops and prototypes of ℓ), summed over
+  levels, × ``global_weight`` (5 in the config) × att.
 
 Instances (``proposal_replace_gt=True``, the released config): the positive sampled proposals
 (``add_gt_as_proposals``) with their assigned classes replace the GT boxes for masks and weights
@@ -489,7 +490,7 @@ class GKD(Distiller):
         if self.use_soft_label:
             losses["soft"] = self.soft_weight * self._soft_loss(student, teacher, s_feats, t_feats, w)
         if self.global_loss:
-            losses["global"] = self.global_weight * self._global_loss(s_feats, t_feats, boxes, index, w) * att
+            losses["global"] = self.global_weight * self._global_loss(s_feats, t_feats, boxes, classes, index) * att
         return losses
 
     def _soft_loss(self, student, teacher, s_feats, t_feats, instance_weights) -> Tensor:
@@ -542,8 +543,11 @@ class GKD(Distiller):
                 ).to(w.dtype)
         return w
 
-    def _global_loss(self, s_feats, t_feats, boxes, index, w) -> Tensor:
-        """Σ_ℓ SmoothL1(w ⊙ Φ^S_ℓ, w ⊙ Φ^T_ℓ) over every instance at every level (``r2i_om_loss``)."""
+    def _global_loss(self, s_feats, t_feats, boxes, classes, index) -> Tensor:
+        """Σ_ℓ SmoothL1(w_ℓ ⊙ Φ^S_ℓ, w_ℓ ⊙ Φ^T_ℓ) over every instance at every level
+        (``r2i_om_loss``). The robustness weight ``w_ℓ,i`` is recomputed at each level from
+        that level's crops and prototypes, as the reference does (not the instance's own
+        level's weight)."""
         total = zero_loss(s_feats[0])
         if boxes.shape[0] == 0 or not self.has_prototypes():
             return total
@@ -556,9 +560,16 @@ class GKD(Distiller):
             fs = pool_boxes(s_feats[lvl], boxes, index, self.strides[lvl])  # with the student's graph
             with torch.no_grad():
                 ft = pool_boxes(t_feats[lvl], boxes, index, self.strides[lvl])
+                if self.use_robust_weights:
+                    w = robustness_weights(
+                        fs.detach(), ft, classes, torch.full_like(classes, lvl),
+                        self.proto_student, self.proto_teacher, self.proto_valid,
+                    )
+                else:
+                    w = torch.ones(boxes.shape[0], device=boxes.device)
             phi_s = F.normalize(float32(fs), dim=1) @ F.normalize(ps.float(), dim=1).t()
             phi_t = F.normalize(float32(ft), dim=1) @ F.normalize(pt.float(), dim=1).t()
-            ww = w.detach()[:, None]
+            ww = w.float()[:, None]
             total = total + F.smooth_l1_loss(phi_s * ww, phi_t * ww, reduction="mean")
         return total
 
