@@ -201,6 +201,27 @@ def test_shapes_config_runs_two_iterations(config, teachers):
     assert time.time() - t0 < 15
 
 
+def test_composes_with_pkd_each_with_its_own_adapters_and_keys(teachers):
+    from detectron2.config import LazyCall as L
+
+    from d2kd.distill.pkd import PKD
+
+    cfg = LazyConfig.load("configs/shapes/faster_rcnn_cwd.py")
+    cfg = LazyConfig.apply_overrides(cfg, ["dataloader.train.total_batch_size=2",
+                                           "dataloader.train.dataset.names=shapes_tiny_train"])
+    cfg.model.teacher.weights = teachers["faster_rcnn_teacher"]
+    cfg.model.distillers.append(L(PKD)(in_features=["p3", "p4"], weight=6.0))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).train()
+    cwd, pkd = model.distillers
+    assert sorted(cwd.adapters) == ["p2", "p3", "p4", "p5", "p6"] and sorted(pkd.adapters) == ["p3", "p4"]
+    with EventStorage(0):
+        losses = model(next(iter(instantiate(cfg.dataloader.train))))
+    kd = sorted(k for k in losses if k.startswith("loss_kd_"))
+    assert kd == sorted([f"loss_kd_cwd_{lv}" for lv in ["p2", "p3", "p4", "p5", "p6"]] + ["loss_kd_pkd_p3", "loss_kd_pkd_p4"])
+    assert all(torch.isfinite(losses[k]) and losses[k] > 0 for k in kd)
+
+
 def test_gradients_reach_the_student_and_adapters_only_and_export_strips_them(teachers, tmp_path):
     from d2kd.export import export_student
 
