@@ -2,7 +2,11 @@
 
 FGD (docs/methods.md): focal fg/bg feature imitation weighted by the teacher's spatial and channel
 attention (T 0.5) and box-area masks, an L1 attention loss, and the GcBlock relation loss; 1×1
-align conv 32 → 128 channels. Coefficients: see below.
+align conv 32 → 128 channels. P2-P5 as the reference (mmdet's P6 is a max-pool of P5).
+
+How chosen (not tuned): α 5e-5, β 2.5e-5, γ 5e-5, λ 5e-7, T 0.5, the released Faster R-CNN
+configs'. Measured at the first step (batch 8, the 4000-iteration shapes teacher): fg 0.40,
+bg 0.04, attention 0.05, relation 0.33 beside the detector's 3.0.
 """
 from detectron2.config import LazyCall as L
 
