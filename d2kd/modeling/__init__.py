@@ -1,2 +1,2 @@
 from .. import import_check  # noqa: F401  (first: a clear error where "d2kd" is a folder, not the package)
-from . import backbone, meta_arch  # noqa: F401  (registration side effects)
+from . import anchor_generator, backbone, meta_arch  # noqa: F401  (registration side effects)

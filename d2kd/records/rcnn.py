@@ -229,9 +229,10 @@ def rcnn_layout(model) -> Optional[RecordLayout]:
     if rpn is not None:
         layout.parts.append("rpn")
         layout.anchors = AnchorsLayout(part="rpn", levels=tuple(rpn.in_features))
-        layout.stages.append(
-            StageLayout("rpn", "loss_rpn_cls", "loss_rpn_loc", tuple(rpn.box2box_transform.weights), "anchors")
-        )
+        if hasattr(rpn, "box2box_transform"):  # Detectron2's RPN (not an anchors-only stand-in)
+            layout.stages.append(
+                StageLayout("rpn", "loss_rpn_cls", "loss_rpn_loc", tuple(rpn.box2box_transform.weights), "anchors")
+            )
     if roi_heads is not None:
         layout.parts.append("roi")
         predictor = roi_heads.box_predictor

@@ -6,8 +6,10 @@
   conv1_1, conv2_1, conv3_1 (``freeze_layers=3``); faster-rcnn.pytorch's VGG16 freezes
   conv1-conv2 (``freeze_at=2``).
 - RPN: 3x3 conv 512 + sigmoid objectness; 9 anchors per location = scales 8, 16, 32 x base 16
-  (128, 256, 512 px) x ratios 0.5, 1, 2 at stride 16, centred at (j+0.5)*16 (the reference's
-  base window (0,0,15,15), centre 7.5 in "+1" pixel coordinates = 8 in continuous ones);
+  (128, 256, 512 px) x ratios 0.5, 1, 2 at stride 16, py-faster-rcnn's own anchors
+  (``PyFasterRCNNAnchorGenerator``: rounded sizes, e.g. 184x96 where Detectron2's generator
+  gives 181x90.5; base window (0,0,15,15), centre 7.5 in "+1" pixel coordinates = 8 in
+  continuous ones); ``reference_anchors=False``: Detectron2's ``DefaultAnchorGenerator``;
   256 anchors/image, 50 % positive, IoU 0.3/0.7; NMS 0.7, 12000 -> 2000 proposals in training,
   6000 -> 300 at test.
 - ROI head: 7x7 pooling (ROIAlign), fc6/fc7 4096 + ReLU (VGG's classifier layout), 256 ROIs per
@@ -26,23 +28,24 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, StandardROIHeads
 
+from d2kd.modeling.anchor_generator import PyFasterRCNNAnchorGenerator
 from d2kd.modeling.backbone import VGG
 
 TORCHVISION_RGB = dict(pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375], input_format="RGB")
 
 
 def faster_rcnn_vgg(*, depth=16, num_classes=20, freeze_at=2, freeze_layers=0, fc_dim=4096,
-                    anchor_scales=(8, 16, 32), anchor_base=16, rpn_batch=256, roi_batch=256):
+                    anchor_scales=(8, 16, 32), anchor_base=16, rpn_batch=256, roi_batch=256,
+                    reference_anchors=True):
     return L(GeneralizedRCNN)(
         backbone=L(VGG)(depth=depth, out_features=["conv5"], freeze_at=freeze_at, freeze_layers=freeze_layers),
         proposal_generator=L(RPN)(
             in_features=["conv5"],
             head=L(StandardRPNHead)(in_channels=512, num_anchors=9),
-            anchor_generator=L(DefaultAnchorGenerator)(
-                sizes=[[anchor_base * s for s in anchor_scales]],
-                aspect_ratios=[0.5, 1.0, 2.0],
-                strides=[16],
-                offset=0.5,
+            anchor_generator=L(PyFasterRCNNAnchorGenerator)(
+                sizes=[[anchor_base * s for s in anchor_scales]], aspect_ratios=[0.5, 1.0, 2.0], strides=[16], offset=0.0,
+            ) if reference_anchors else L(DefaultAnchorGenerator)(
+                sizes=[[anchor_base * s for s in anchor_scales]], aspect_ratios=[0.5, 1.0, 2.0], strides=[16], offset=0.5,
             ),
             anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
             box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
