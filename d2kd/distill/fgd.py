@@ -240,5 +240,6 @@ class FGD(Distiller):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, T={self.temperature}, alpha={self.alpha_fgd}, beta={self.beta_fgd}, "
-            f"gamma={self.gamma_fgd}, lambda={self.lambda_fgd}, box_frame={self.box_frame}, in_features={self.in_features}"
+            f"gamma={self.gamma_fgd}, lambda={self.lambda_fgd}, box_frame={self.box_frame}, "
+            f"in_features={self.in_features}"
         )

@@ -137,4 +137,7 @@ class MGD(Distiller):
         return losses
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha_mgd={self.alpha_mgd}, lambda_mgd={self.lambda_mgd}, in_features={self.in_features}"
+        return (
+            f"{super().extra_repr()}, alpha_mgd={self.alpha_mgd}, lambda_mgd={self.lambda_mgd}, "
+            f"in_features={self.in_features}"
+        )
