@@ -22,6 +22,7 @@ from d2kd.teacher import build_teacher  # noqa: E402
 EXPERIMENTS = {
     "retinanet": ("configs/shapes/retinanet_teacher.py", "configs/shapes/retinanet_fitnet.py"),
     "faster_rcnn": ("configs/shapes/faster_rcnn_teacher.py", "configs/shapes/faster_rcnn_softlabel.py"),
+    "fcos": ("configs/shapes/fcos_teacher.py", "configs/shapes/fcos_fitnet.py"),
 }
 
 
@@ -138,9 +139,10 @@ def test_zero_kd_weight_gives_the_plain_students_losses_and_gradients(name, teac
 def test_inference_is_the_plain_student_and_export_loads_into_stock_detectron2(name, teacher_weights, tmp_path):
     from detectron2.modeling import GeneralizedRCNN
     from detectron2.modeling.meta_arch import RetinaNet
+    from detectron2.modeling.meta_arch.fcos import FCOS
 
-    cfg = load_cfg(name, teacher_weights, ["model.test_score_thresh=0.0"] if name == "retinanet" else
-                   ["model.roi_heads.box_predictor.test_score_thresh=0.0"])
+    cfg = load_cfg(name, teacher_weights, ["model.roi_heads.box_predictor.test_score_thresh=0.0"] if name == "faster_rcnn"
+                   else ["model.test_score_thresh=0.0"])
     torch.manual_seed(3)
     model = instantiate(cfg.model).eval()
     calls = []
@@ -156,7 +158,7 @@ def test_inference_is_the_plain_student_and_export_loads_into_stock_detectron2(n
     paths = export_student(cfg, str(weights), str(tmp_path / "export"))
     exported_cfg = LazyConfig.load(paths["config"])
     stock = instantiate(exported_cfg.model).eval()
-    assert type(stock) is {"retinanet": RetinaNet, "faster_rcnn": GeneralizedRCNN}[name]
+    assert type(stock) is {"retinanet": RetinaNet, "faster_rcnn": GeneralizedRCNN, "fcos": FCOS}[name]
     state = torch.load(paths["weights"], weights_only=True)["model"]
     incompatible = stock.load_state_dict(state, strict=True)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys

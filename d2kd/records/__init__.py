@@ -1,7 +1,7 @@
 """Records: the contract between detectors and distillation methods.
 
 What a detector computed on one training batch, one file per detector family (:mod:`.rcnn`,
-:mod:`.retinanet`, :mod:`.ssd`: each its record types and the code that fills them), gathered in
+:mod:`.retinanet`, :mod:`.fcos`, :mod:`.ssd`: each its record types and the code that fills them), gathered in
 a :class:`DetectorRecord` (:mod:`.base`). Methods read them through family-neutral views
 (:mod:`.views`). This package imports nothing of d2kd above it: models and methods import it,
 never the other way round.
@@ -17,6 +17,7 @@ from .base import (  # noqa: F401
     detector_num_classes,
     record_layout,
 )
+from .fcos import fcos_head_outputs, is_fcos  # noqa: F401
 from .rcnn import (  # noqa: F401
     ROIRecord,
     RPNRecord,

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from detectron2.structures import ImageList, Instances
 
+from .fcos import fcos_head_outputs, is_fcos
 from .rcnn import ROIRecord, RPNRecord, check_same_rpn_anchors, rcnn_layout, roi_box_outputs, rpn_outputs
 from .retinanet import (
     DenseHeadRecord,
@@ -130,7 +131,7 @@ def _roi(model, images, features, student):
 
 
 def _head(model, images, features, student):
-    return retinanet_head_outputs(model, features)
+    return (fcos_head_outputs if is_fcos(model) else retinanet_head_outputs)(model, features)
 
 
 def _ssd(model, images, features, student):
@@ -156,8 +157,7 @@ TEACHER_PART_TABLE: Dict[str, TeacherPart] = {
         ),
         TeacherPart(
             "head",
-            "a RetinaNet-style dense head's per-anchor class logits and box deltas",
-            # not every model with a `head` (FCOS's is not)
+            "a dense head's per-anchor class logits and box deltas (RetinaNet, FCOS)",
             lambda model: dense_head_layout(model) is not None,
             _head,
         ),

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor
 
+from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes
 
@@ -36,6 +37,7 @@ class DenseHeadRecord:
     gt_boxes: Optional[Tensor] = None  # (N, R, 4)
     levels: Optional[List[str]] = None  # the head's ``in_features``, the levels of the lists above
     cls_kernel_size: int = 3  # the classifier conv's kernel (RetinaNetHead's cls_score: 3×3)
+    centerness: Optional[List[Tensor]] = None  # per level, (N, Hi*Wi, 1): FCOS's centerness logits
 
     def anchors_view(self) -> AnchorsView:
         return AnchorsView(levels=self.levels, anchors=self.anchors)
@@ -108,11 +110,10 @@ def retinanet_head_outputs(model, features: Dict[str, Tensor]) -> DenseHeadRecor
 
 
 def dense_head_layout(model) -> Optional[DenseHeadLayout]:
-    """The anchor layout of ``model``'s dense head if :func:`retinanet_head_outputs` records it,
-    else None. Only Detectron2's ``RetinaNet`` (and subclasses) qualify: other dense detectors
-    with a ``head`` (e.g. ``FCOS``: one anchor point per location, centerness-weighted scores)
-    produce outputs that methods written for per-anchor sigmoid logits cannot compare."""
-    if not isinstance(model, RetinaNet):
+    """The anchor layout of ``model``'s dense head if the records fill ``head`` from it, else
+    None: Detectron2's ``RetinaNet`` and ``FCOS`` (and subclasses; FCOS's anchors are its
+    stride-sized points, :mod:`.fcos`). Other dense detectors are not recorded yet."""
+    if not isinstance(model, (RetinaNet, FCOS)):
         return None
     generator = model.anchor_generator
     return DenseHeadLayout(
@@ -123,9 +124,10 @@ def dense_head_layout(model) -> Optional[DenseHeadLayout]:
 
 
 def retinanet_layout(model) -> Optional[RecordLayout]:
-    """The record layout of a RetinaNet (what :func:`dense_head_layout` accepts), else None:
-    anchors and the per-anchor sigmoid classifier both from the dense head (``head``); student
-    and teacher rows line up only with the same anchors (pairing ``"anchors"``)."""
+    """The record layout of a recorded dense detector (what :func:`dense_head_layout` accepts:
+    RetinaNet, FCOS), else None: anchors and the per-anchor sigmoid classifier both from the
+    dense head (``head``); student and teacher rows line up only with the same anchors (pairing
+    ``"anchors"``)."""
     if dense_head_layout(model) is None:
         return None
     return RecordLayout(

@@ -12,6 +12,23 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from d2kd.modeling.backbone import make_resnet_stages
 
 
+def resnet_fpn_p3_p7(*, depth=50, width=64, fpn_channels=256, norm="FrozenBN", fpn_norm=""):
+    """The dense detectors' backbone: a ResNet of any depth and width with an FPN on res3-res5
+    and P6/P7 from P5 (p3-p7, strides 8-128)."""
+    return L(FPN)(
+        bottom_up=L(ResNet)(
+            stem=L(BasicStem)(in_channels=3, out_channels=width, norm=norm),
+            stages=L(make_resnet_stages)(depth=depth, width=width, norm=norm),
+            out_features=["res3", "res4", "res5"],
+        ),
+        in_features=["res3", "res4", "res5"],
+        out_channels=fpn_channels,
+        norm=fpn_norm,
+        # P6 from P5 (not C5) keeps the top block independent of the ResNet width.
+        top_block=L(LastLevelP6P7)(in_channels=fpn_channels, out_channels=fpn_channels, in_feature="p5"),
+    )
+
+
 def retinanet(*, depth=50, width=64, fpn_channels=256, head_convs=4, anchor_base=32, norm="FrozenBN",
               fpn_norm="", head_norm="", num_classes=80):
     """``anchor_base``: anchor size on p3 (32 for COCO-size images, 8 for 128-px shapes).
@@ -20,18 +37,7 @@ def retinanet(*, depth=50, width=64, fpn_channels=256, head_convs=4, anchor_base
     use: a head trained from scratch without it barely learns in short schedules, and the
     FPN's BN keeps the levels' feature scales comparable for feature imitation."""
     return L(RetinaNet)(
-        backbone=L(FPN)(
-            bottom_up=L(ResNet)(
-                stem=L(BasicStem)(in_channels=3, out_channels=width, norm=norm),
-                stages=L(make_resnet_stages)(depth=depth, width=width, norm=norm),
-                out_features=["res3", "res4", "res5"],
-            ),
-            in_features=["res3", "res4", "res5"],
-            out_channels=fpn_channels,
-            norm=fpn_norm,
-            # P6 from P5 (not C5) keeps the top block independent of the ResNet width.
-            top_block=L(LastLevelP6P7)(in_channels=fpn_channels, out_channels=fpn_channels, in_feature="p5"),
-        ),
+        backbone=resnet_fpn_p3_p7(depth=depth, width=width, fpn_channels=fpn_channels, norm=norm, fpn_norm=fpn_norm),
         head=L(RetinaNetHead)(
             input_shape=[ShapeSpec(channels=fpn_channels)] * 5,
             num_classes="${..num_classes}",

@@ -1,3 +1,4 @@
+from .distill_fcos import DistillationFCOS  # noqa: F401
 from .distill_rcnn import DistillationRCNN  # noqa: F401
 from .distill_retinanet import DistillationRetinaNet  # noqa: F401
 from .lazy_model import D2KDLazyModel  # noqa: F401
