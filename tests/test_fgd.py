@@ -245,6 +245,10 @@ def test_images_without_gt_give_finite_losses():
         sum(out.values()).backward()
         assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
         s.grad = None
+    srec, trec = records({"p3": s}, {"p3": t}, [[], []], [(32, 48)] * 2, (32, 48))
+    srec.gt_instances = []  # a record without its GT is refused, not read as "no objects"
+    with pytest.raises(ValueError, match="GT boxes of every image.*got 0 for 2 images"):
+        d(srec, trec)
 
 
 def test_context_block_is_the_gcnet_block_with_the_reference_init():

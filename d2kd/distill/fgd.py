@@ -212,6 +212,11 @@ class FGD(Distiller):
 
     def forward(self, student, teacher) -> Dict[str, Tensor]:
         boxes = [inst.gt_boxes.tensor for inst in student.gt_instances]
+        if len(boxes) != len(student.images):
+            raise ValueError(
+                f"FGD needs the GT boxes of every image of the batch (record.gt_instances): got "
+                f"{len(boxes)} for {len(student.images)} images"
+            )
         frames = self.frame_sizes(student)
         terms = {"fg": [], "bg": [], "attention": [], "relation": []}
         for level in self.in_features:
