@@ -52,6 +52,11 @@ SHAPES_SPLITS = {
     "shapes_unlabeled": dict(num_images=2000, seed=3003, labeled=False),
     "shapes_tiny_train": dict(num_images=32, seed=4004),
     "shapes_tiny_val": dict(num_images=16, seed=5005),
+    # the same images with instance masks (Mask R-CNN; COCO segm evaluation)
+    "shapes_train_masks": dict(num_images=2000, seed=1001, source="shapes_train", masks=True),
+    "shapes_val_masks": dict(num_images=300, seed=2002, source="shapes_val", masks=True),
+    "shapes_tiny_train_masks": dict(num_images=32, seed=4004, source="shapes_tiny_train", masks=True),
+    "shapes_tiny_val_masks": dict(num_images=16, seed=5005, source="shapes_tiny_val", masks=True),
 }
 
 

@@ -55,6 +55,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathHandler, PathManager
@@ -694,11 +695,32 @@ def _all_annotations(seed: int, size: int, num_images: int) -> Tuple[Tuple[tuple
     return tuple(out)
 
 
+def visible_mask_rles(seed: int, index: int, size: int) -> List[dict]:
+    """Per annotation of image ``index`` (in annotation order), the COCO RLE (``counts`` as str)
+    of its VISIBLE pixels: the object's exact rasterised outline (holes included) minus what
+    objects drawn over it hide — the pixels the renderer paints with it."""
+    lay = _sample_layout(seed, index, size)
+    return [_rle(lay.label == k) for k in lay.kept]
+
+
+@functools.lru_cache(maxsize=8)
+def _all_mask_rles(seed: int, size: int, num_images: int) -> Tuple[Tuple[dict, ...], ...]:
+    return tuple(tuple(visible_mask_rles(seed, i, size)) for i in range(num_images))
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def load_shapes_dicts(source: str, seed: int, num_images: int, image_size: int = 128,
-                      labeled: bool = True) -> List[dict]:
+                      labeled: bool = True, masks: bool = False) -> List[dict]:
     """Detectron2 dataset dicts for ``num_images`` images of ``(seed, image_size)``, named under
-    ``shapes://<source>/``. Fresh dicts on every call (the annotations are cached per process)."""
+    ``shapes://<source>/``. Fresh dicts on every call (the annotations are cached per process).
+    ``masks``: each annotation also has its visible pixels as an RLE ``segmentation`` (load with
+    ``DatasetMapper(use_instance_mask=True, instance_mask_format="bitmask")``)."""
     annos = _all_annotations(seed, image_size, num_images) if labeled else None
+    rles = _all_mask_rles(seed, image_size, num_images) if labeled and masks else None
     dicts = []
     for i in range(num_images):
         d = {
@@ -713,6 +735,9 @@ def load_shapes_dicts(source: str, seed: int, num_images: int, image_size: int =
                  "category_id": c, "iscrowd": 0}
                 for c, box in annos[i]
             ]
+            if masks:
+                for a, rle in zip(d["annotations"], rles[i]):
+                    a["segmentation"] = dict(rle)
         dicts.append(d)
     return dicts
 
@@ -731,6 +756,7 @@ def register_shapes(
     image_size: int = 128,
     labeled: bool = True,
     source: Optional[str] = None,
+    masks: bool = False,
 ) -> None:
     """Register a shapes split in ``DatasetCatalog``/``MetadataCatalog``.
 
@@ -743,6 +769,8 @@ def register_shapes(
         source: the path name of the images (``shapes://<source>/...``), default ``name``. Give
             another split's name to make a subset that shares its files, e.g. the first 500
             images of ``shapes_train``; its seed and size must then match that split's.
+        masks: annotations carry instance masks (their visible pixels, RLE), for Mask R-CNN
+            and ``COCOEvaluator(tasks=("bbox", "segm"))``.
 
     Idempotent: registering the same name again with the same arguments does nothing;
     with different arguments it replaces the old registration.
@@ -765,7 +793,7 @@ def register_shapes(
     _SOURCES[source] = src
 
     spec = {"shapes_source": source, "shapes_seed": int(seed), "shapes_num_images": int(num_images),
-            "shapes_image_size": int(image_size), "shapes_labeled": bool(labeled)}
+            "shapes_image_size": int(image_size), "shapes_labeled": bool(labeled), "shapes_masks": bool(masks)}
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
         if all(getattr(meta, k, None) == v for k, v in spec.items()):
@@ -775,7 +803,7 @@ def register_shapes(
     DatasetCatalog.register(
         name,
         functools.partial(load_shapes_dicts, source, int(seed), int(num_images), int(image_size),
-                          bool(labeled)),
+                          bool(labeled), bool(masks)),
     )
     MetadataCatalog.get(name).set(
         thing_classes=list(CLASS_NAMES),
