@@ -25,6 +25,11 @@ METHODS = [
     ("faster_rcnn_gkd", "gkd", True),
     ("faster_rcnn_chen2017", "chen2017", True),
     ("ssd_chen2017", "chen2017", True),
+    ("retinanet_pkd", "pkd", False),
+    ("faster_rcnn_cwd", "cwd", False),
+    ("retinanet_mgd", "mgd", False),
+    ("faster_rcnn_fgd", "fgd", False),
+    ("fcos_fgfi", "fgfi", False),
 ]
 IDS = [m[0] for m in METHODS]
 ITER = 3

@@ -29,6 +29,8 @@ DETECTORS: Dict[str, str] = {
     "retinanet": f"{SHAPES_DIR}/retinanet_student.py",
     "faster_rcnn": f"{SHAPES_DIR}/faster_rcnn_student.py",
     "ssd": f"{SHAPES_DIR}/ssd_student.py",
+    "fcos": f"{SHAPES_DIR}/fcos_student.py",
+    "mask_rcnn": f"{SHAPES_DIR}/mask_rcnn_student.py",
 }
 
 #: (detector, method) -> (distillation config, baseline config or None for the detector's).
@@ -51,6 +53,20 @@ EXPERIMENTS: Dict[Tuple[str, str], Tuple[str, Optional[str]]] = {
     ("faster_rcnn", "fgfi_gkd"): (f"{SHAPES_DIR}/faster_rcnn_fgfi_gkd.py", None),
     ("faster_rcnn", "fgfi_finetune"): (f"{SHAPES_DIR}/faster_rcnn_fgfi_finetune.py", f"{SHAPES_DIR}/faster_rcnn_student_finetune.py"),
     ("faster_rcnn", "gkd_finetune"): (f"{SHAPES_DIR}/faster_rcnn_gkd_finetune.py", f"{SHAPES_DIR}/faster_rcnn_student_finetune.py"),
+    ("retinanet", "pkd"): (f"{SHAPES_DIR}/retinanet_pkd.py", None),
+    ("retinanet", "cwd"): (f"{SHAPES_DIR}/retinanet_cwd.py", None),
+    ("retinanet", "mgd"): (f"{SHAPES_DIR}/retinanet_mgd.py", None),
+    ("retinanet", "fgd"): (f"{SHAPES_DIR}/retinanet_fgd.py", None),
+    ("faster_rcnn", "pkd"): (f"{SHAPES_DIR}/faster_rcnn_pkd.py", None),
+    ("faster_rcnn", "cwd"): (f"{SHAPES_DIR}/faster_rcnn_cwd.py", None),
+    ("faster_rcnn", "mgd"): (f"{SHAPES_DIR}/faster_rcnn_mgd.py", None),
+    ("faster_rcnn", "fgd"): (f"{SHAPES_DIR}/faster_rcnn_fgd.py", None),
+    # teachers from another family (feature maps at equal strides)
+    ("faster_rcnn", "pkd_from_retinanet"): (f"{SHAPES_DIR}/faster_rcnn_pkd_from_retinanet.py", None),
+    ("retinanet", "fitnet_from_fcos"): (f"{SHAPES_DIR}/retinanet_fitnet_from_fcos.py", None),
+    ("fcos", "fitnet"): (f"{SHAPES_DIR}/fcos_fitnet.py", None),
+    ("fcos", "fgfi"): (f"{SHAPES_DIR}/fcos_fgfi.py", None),
+    ("mask_rcnn", "fgfi"): (f"{SHAPES_DIR}/mask_rcnn_fgfi.py", None),
     ("ssd", "chen2017"): (f"{SHAPES_DIR}/ssd_chen2017.py", None),
     ("ssd", "fgfi"): (f"{SHAPES_DIR}/ssd_fgfi.py", None),
 }
