@@ -57,6 +57,7 @@ class Teacher:
             )
         self.autocast_dtype = autocast_dtype
         self._auto_dtypes: Dict[str, Optional[torch.dtype]] = {}  # device type -> "auto" resolved once
+        self.level_aliases: Dict[str, str] = {}  # the student's level name -> the teacher's (align_levels)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -75,7 +76,33 @@ class Teacher:
         return detector_num_classes(self.model)
 
     def output_shape(self):
-        return self.model.backbone.output_shape()
+        """The backbone's levels, plus each alias of :meth:`align_levels` (the student's name)."""
+        shapes = dict(self.model.backbone.output_shape())
+        shapes.update({alias: shapes[own] for alias, own in self.level_aliases.items()})
+        return shapes
+
+    def align_levels(self, student_shapes) -> Dict[str, str]:
+        """Also name each teacher level by the student's name for the same stride, where the
+        names differ (e.g. a VGG teacher's ``fc7`` is the MobileNet student's ``expand14``, both
+        stride 16): feature methods then pair levels by stride with no change. Only unambiguous
+        pairs (one level of that stride on each side, the student's name unused by the teacher);
+        the teacher's own names stay valid. Returns ``{student name: teacher name}``."""
+        own = self.model.backbone.output_shape()
+
+        def by_stride(shapes):
+            out = {}
+            for name, shape in shapes.items():
+                out.setdefault(shape.stride, []).append(name)
+            return out
+
+        s_strides, t_strides = by_stride(student_shapes), by_stride(own)
+        self.level_aliases = {
+            s_names[0]: t_strides[stride][0]
+            for stride, s_names in s_strides.items()
+            if len(s_names) == 1 and len(t_strides.get(stride, ())) == 1
+            and s_names[0] not in own and t_strides[stride][0] not in student_shapes
+        }
+        return dict(self.level_aliases)
 
     def parts(self) -> List[str]:
         """The parts (of ``d2kd.records.TEACHER_PARTS``) this teacher's architecture can produce."""
@@ -140,7 +167,9 @@ class Teacher:
 
     def _record(self, model, images: ImageList, needs: Sequence[str], student: DetectorRecord) -> DetectorRecord:
         features: Dict[str, Tensor] = model.backbone(images.tensor)
-        out = DetectorRecord(images=images, features=features, gt_instances=student.gt_instances)
+        # the student's names for the same-stride levels (align_levels): the same tensors
+        recorded = {**features, **{alias: features[own] for alias, own in self.level_aliases.items()}}
+        out = DetectorRecord(images=images, features=recorded, gt_instances=student.gt_instances)
         for name, part in TEACHER_PART_TABLE.items():  # the table's order, whatever the order of needs
             if part.record is not None and name in needs:
                 setattr(out, name, part.record(model, images, features, student))

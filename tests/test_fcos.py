@@ -97,3 +97,29 @@ def test_fcos_teacher_serves_a_retinanet_student_with_features_and_is_refused_fo
     cfg, model = _build("fcos_fitnet", weights, teacher="retinanet",
                         distillers=[L(FeatureImitation)(in_features=["p3", "p4"], weight=1.0)])
     assert {"loss_kd_fitnet_p3", "loss_kd_fitnet_p4"} <= set(_step(cfg, model))
+
+
+def test_levels_of_equal_stride_pair_under_the_students_names(tmp_path):
+    # SSDLite student (expand7, expand14, last, ...) and VGG16-SSD teacher (conv4_3, fc7, conv6_2,
+    # ...): no common name; FitNet on the student's expand14 imitates the teacher's fc7 (stride 16)
+    from d2kd.distill import FeatureImitation as FitNet
+
+    weights = str(tmp_path / "ssd_teacher.pth")
+    save_random_weights("configs/shapes/ssd_teacher.py", weights)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load("configs/shapes/ssd_chen2017.py"), TINY)
+    cfg.model.teacher.weights = weights
+    cfg.model.distillers = [L(FitNet)(in_features=["expand14"], weight=1.0)]
+    model = instantiate(cfg.model)
+    assert model.teacher.level_aliases["expand14"] == "fc7"
+    t_shapes = model.teacher.output_shape()
+    assert t_shapes["expand14"].stride == t_shapes["fc7"].stride == 16 and "conv4_3" in t_shapes  # own names kept
+    model.train()
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    with EventStorage(0):
+        losses = model(batch)
+    assert math.isfinite(float(losses["loss_kd_fitnet_expand14"])) and float(losses["loss_kd_fitnet_expand14"]) > 0
+    # a level neither side has is refused, naming both sides' levels and strides
+    cfg.model.distillers = [L(FitNet)(in_features=["res4"], weight=1.0)]
+    with pytest.raises(ValueError, match=r"'res4' is missing from the student and teacher \(student has .*expand14 "
+                                         r"\(stride 16\).*teacher has .*fc7 \(stride 16\).*levels of equal stride pair"):
+        instantiate(cfg.model)

@@ -69,7 +69,10 @@ def _fitnet_args(tmp_path, teacher, *extra, config=FITNET):
         (["model.num_classes=3"], "ValueError: teacher has 8 classes but the student has 3 "),
         (["model.distillers.0.in_features=[p3,p8]"],
          "ValueError: FeatureImitation: feature level 'p8' is missing from the student and teacher "
-         "(student has ['p3', 'p4', 'p5', 'p6', 'p7'], teacher has ['p3', 'p4', 'p5', 'p6', 'p7'])"),
+         "(student has p3 (stride 8), p4 (stride 16), p5 (stride 32), p6 (stride 64), p7 (stride 128); "
+         "teacher has p3 (stride 8), p4 (stride 16), p5 (stride 32), p6 (stride 64), p7 (stride 128)); "
+         "levels of equal stride pair under the student's name, so a level must have a stride both "
+         "backbones output"),
         (["model.input_format=YUV-BT.601"],
          "ValueError: teacher input format BGR and student YUV-BT.601: only RGB/BGR images are supported"),
     ],

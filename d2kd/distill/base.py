@@ -163,9 +163,14 @@ def check_levels(method: str, levels: Iterable[str], student_shapes: Dict, teach
     for level in levels:
         missing = [who for who, shapes in (("student", student_shapes), ("teacher", teacher_shapes)) if level not in shapes]
         if missing:
+            def strides(shapes):
+                return ", ".join(f"{k} (stride {v.stride})" for k, v in sorted(shapes.items(), key=lambda kv: kv[1].stride))
+
             raise ValueError(
                 f"{method}: feature level '{level}' is missing from the {' and '.join(missing)} "
-                f"(student has {sorted(student_shapes)}, teacher has {sorted(teacher_shapes)})"
+                f"(student has {strides(student_shapes)}; teacher has {strides(teacher_shapes)}); "
+                f"levels of equal stride pair under the student's name, so a level must have a "
+                f"stride both backbones output"
             )
         s, t = student_shapes[level], teacher_shapes[level]
         if s.stride != t.stride:

@@ -51,6 +51,8 @@ class DistillationMixin:
         object.__setattr__(self, "teacher", teacher)
         self.distillers = nn.ModuleList(distillers)
         self._check_teacher()
+        # levels of equal stride pair under the student's names, whatever the teacher calls them
+        teacher.align_levels(self.backbone.output_shape())
         for d in self.distillers:
             if not isinstance(d, Distiller):
                 raise TypeError(f"distillers must be d2kd Distiller instances, got {type(d).__name__}")
