@@ -1,5 +1,5 @@
 """CWD: channel-wise distillation (Shu et al., ICCV 2021, "Channel-wise Knowledge Distillation for
-Dense Prediction", docs/methods.md).
+Dense Prediction", docs/methods.md §10).
 
 References: open-mmlab/mmrazor ``mmrazor/models/losses/cwd.py`` (``ChannelWiseDivergence``) and its
 released detection configs ``configs/distill/mmdet/cwd/cwd_fpn_{frcnn,retina}_r101_*_r50_1x_coco.py``;

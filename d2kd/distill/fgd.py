@@ -1,4 +1,4 @@
-"""FGD: Focal and Global Knowledge Distillation for Detectors (Yang et al., CVPR 2022, docs/methods.md).
+"""FGD: Focal and Global Knowledge Distillation for Detectors (Yang et al., CVPR 2022, docs/methods.md §12).
 
 Reference: ``yzd-v/FGD`` ``mmdet/distillation/losses/fgd.py`` (``FeatureLoss``) and its released
 configs ``configs/distillers/fgd/*.py``; PaddleDetection ``ppdet/slim/distill_loss.py``

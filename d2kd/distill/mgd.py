@@ -1,4 +1,4 @@
-"""MGD: Masked Generative Distillation (Yang et al., ECCV 2022, docs/methods.md).
+"""MGD: Masked Generative Distillation (Yang et al., ECCV 2022, docs/methods.md §11).
 
 References: ``yzd-v/MGD`` ``det/mmdet/distillation/losses/mgd.py`` (``FeatureLoss``) and its
 released detection configs ``det/configs/distillers/mgd/*.py``; mmrazor

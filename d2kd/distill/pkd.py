@@ -1,6 +1,6 @@
 """PKD: feature imitation through the Pearson correlation coefficient (Cao et al., NeurIPS 2022,
 "PKD: General Distillation Framework for Object Detectors via Pearson Correlation Coefficient",
-docs/methods.md).
+docs/methods.md §9).
 
 References: open-mmlab/mmrazor ``mmrazor/models/losses/pkd_loss.py`` (``PKDLoss``) and its released
 detection configs ``configs/distill/mmdet/pkd/*.py``; PaddleDetection
