@@ -5,6 +5,8 @@ their magnitudes are standardised away. The RetinaNet teacher outputs P3-P7, the
 student P2-P6: ``in_features=None`` distils the levels both output at the same stride, P3-P6.
 Weight 6 per level, the reference's for a Faster R-CNN student; 32 → 128 channels through a 1×1
 adapter per level (stripped at export). The student's P2 is not distilled (the teacher has none).
+Check, one seed, 1000 iterations, the 43.7-AP RetinaNet teacher: 19.3 AP against 12.0 for the
+baseline (22.4 with the 65.7-AP Faster R-CNN teacher on P2-P5, faster_rcnn_pkd.py).
 """
 from detectron2.config import LazyCall as L
 

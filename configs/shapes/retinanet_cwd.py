@@ -4,9 +4,11 @@ The released settings distil every FPN output, P3-P7, with τ = 1 (mmrazor
 ``cwd_fpn_retina_r101_retina_r50_1x_coco.py``: loss_weight 10; PaddleDetection
 ``retinanet_resnet101_coco_distill_cwd.yml``: 5), docs/methods.md. Here P7 is left out: on the
 128-px shapes images it is a 1×1 map, whose softmax over one location is 1 on both sides, so its
-term is identically 0 (and its adapter would get no gradient). Weight 10 (mmrazor's). The
-student's FPN has 32 channels and the teacher's 128: a 1×1 adapter per level (PaddleDetection's
-``align``; stripped at export).
+term is identically 0 (and its adapter would get no gradient). Weight 10 (mmrazor's, no sweep).
+The student's FPN has 32 channels and the teacher's 128: a 1×1 adapter per level
+(PaddleDetection's ``align``; stripped at export). Check, one seed, 1000 iterations, the 43.7-AP
+teacher: 8.5 AP against 5.2 for the baseline; the P6 term (2×2 maps) stays the largest of the
+weighted terms, 12.6 → 5.5 (P3-P5: 8.4/7.6/5.9 → 2.7/2.4/1.8).
 """
 from detectron2.config import LazyCall as L
 

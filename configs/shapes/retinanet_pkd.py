@@ -5,7 +5,10 @@ docs/methods.md): ½·MSE of the per-channel standardised maps on mmdet's first 
 (P3-P6; P7 is not distilled), loss_weight 10 per level, from the first iteration. The student's
 FPN has 32 channels and the teacher's 128: a 1×1 adapter per level (d2kd's, stripped at export).
 Unlike FitNet/FGFI here (retinanet_fitnet.py), P6 needs no exclusion: the shapes teacher's large
-P6/P7 magnitudes are standardised away. The weight stays the reference's (see the notes).
+P6/P7 magnitudes are standardised away. The weight stays the reference's (no sweep). Check,
+one seed, 1000 iterations, the 43.7-AP RetinaNet teacher (output/curves/retinanet_teacher_12000):
+9.1 AP against 5.2 for the baseline (same seed, same machine); the weighted terms went from 9.9
+to 2.2 (P6: 1.5).
 """
 from detectron2.config import LazyCall as L
 
