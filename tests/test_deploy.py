@@ -216,3 +216,14 @@ def test_ssd_with_a_shortest_edge_test_resize_is_refused_with_the_route(students
     with pytest.raises(DeployError, match=r"^SSD traces for one input size only, and the student's test resize is "
                                           r"ResizeShortestEdge, not a fixed Resize\(\(h, w\)\); serve it eagerly"):
         export_deployable(str(moved), ["onnx"])
+
+
+def test_model_cost_tool_reports_the_three_runtimes_of_a_student(deployed, students, capsys):
+    import model_cost  # tools/ (conftest puts it on the path)
+
+    rows = model_cost.main(["--students", students["retinanet"], "--images", "2"])
+    row = rows[students["retinanet"]]
+    assert set(row) == {"params_m", "eager_ms", "torchscript_ms", "onnx_ms"}
+    assert 0 < row["params_m"] < 10 and all(0 < row[k] < 60_000 for k in ("eager_ms", "torchscript_ms", "onnx_ms"))
+    out = capsys.readouterr().out
+    assert "| TorchScript (ms) | ONNX Runtime (ms) |" in out and students["retinanet"] in out
