@@ -8,6 +8,8 @@ reference (mmdet's P6 is a max-pool of P5, not distilled).
 How chosen (not tuned): α = 5e-7, the released Faster R-CNN config's. Measured at the first step
 (batch 8, the 4000-iteration shapes teacher): P2 0.19, P3 0.03, P4 0.005, P5 0.0007 beside the
 detector's 3.0, i.e. a light term, as on COCO where the reference picked α 40× below RetinaNet's.
+One 1000-iteration run (seed 0, the 4000-iteration teacher of 57.9 AP): 12.1 AP against the
+baseline's 13.2 (within one seed's spread); no other setting was tried.
 """
 from detectron2.config import LazyCall as L
 

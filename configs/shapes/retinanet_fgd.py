@@ -11,6 +11,8 @@ How chosen (not tuned; measured at the first step, batch 8, the 12000-iteration 
 - P3-P5, not the reference's P3-P7: on the shapes teacher's unnormalised P6/P7 (rms 12 and 141
   against 1.1 on P3-P5) the attention-weighted fg term starts at 3.4e3 (the same reason as
   retinanet_fgfi.py).
+One 1000-iteration run (seed 0, the 12000-iteration teacher of 43.7 AP): 11.9 AP against the
+baseline's 4.4 (MGD 5.9 / 8.8, see retinanet_mgd.py).
 """
 from detectron2.config import LazyCall as L
 
