@@ -37,13 +37,16 @@ def temp_names():
 def test_default_registrations():
     registered = set(DatasetCatalog.list())
     expected = {"shapes_train": 2000, "shapes_val": 300, "shapes_train_500": 500,
-                "shapes_unlabeled": 2000, "shapes_tiny_train": 32, "shapes_tiny_val": 16}
+                "shapes_unlabeled": 2000, "shapes_tiny_train": 32, "shapes_tiny_val": 16,
+                "shapes_train_masks": 2000, "shapes_val_masks": 300, "shapes_tiny_train_masks": 32,
+                "shapes_tiny_val_masks": 16}
     assert set(SHAPES_SPLITS) == set(expected)
     for name, n in expected.items():
         assert name in registered
         meta = MetadataCatalog.get(name)
         assert meta.shapes_num_images == n and meta.shapes_image_size == 128
         assert meta.evaluator_type == "coco" and len(meta.thing_classes) == 8
+        assert meta.shapes_masks == name.endswith("_masks")
     # detectron2's own names are there, not replaced
     for name in ("voc_2007_trainval", "voc_2012_trainval", "voc_2007_test", "coco_2017_train",
                  "coco_2017_val"):

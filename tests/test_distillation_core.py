@@ -261,7 +261,8 @@ def test_check_levels_names_both_shapes():
 
     s = {"p3": ShapeSpec(channels=32, stride=8)}
     t = {"p3": ShapeSpec(channels=128, stride=16)}
-    with pytest.raises(ValueError, match=r"stride 8 in the student \(32 ch\) but 16 in the teacher \(128 ch\)"):
+    with pytest.raises(ValueError, match=r"stride 8 in the student but 16 in the teacher \(student \{p3: stride 8, 32 ch\}, "
+                                         r"teacher \{p3: stride 16, 128 ch\}\)"):
         check_levels("X", ["p3"], s, t)
     with pytest.raises(ValueError, match="'p9' is missing from the student and teacher"):
         check_levels("X", ["p9"], s, t)

@@ -120,6 +120,6 @@ def test_levels_of_equal_stride_pair_under_the_students_names(tmp_path):
     assert math.isfinite(float(losses["loss_kd_fitnet_expand14"])) and float(losses["loss_kd_fitnet_expand14"]) > 0
     # a level neither side has is refused, naming both sides' levels and strides
     cfg.model.distillers = [L(FitNet)(in_features=["res4"], weight=1.0)]
-    with pytest.raises(ValueError, match=r"'res4' is missing from the student and teacher \(student has .*expand14 "
-                                         r"\(stride 16\).*teacher has .*fc7 \(stride 16\).*levels of equal stride pair"):
+    with pytest.raises(ValueError, match=r"'res4' is missing from the student and teacher \(student \{.*expand14: "
+                                         r"stride 16.*teacher \{.*fc7: stride 16.*levels of equal stride pair"):
         instantiate(cfg.model)

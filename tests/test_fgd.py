@@ -275,9 +275,9 @@ def test_defaults_arguments_and_build_errors():
     d = FGD()
     d.bind(*fake_models(frcnn, retina))
     assert d.in_features == ["p3", "p4", "p5", "p6"] and set(d.align) == set(d.in_features)
-    with pytest.raises(ValueError, match=r"'p7' is missing from the student.*student has .*p2.*teacher has .*p7"):
+    with pytest.raises(ValueError, match=r"'p7' is missing from the student.*student \{.*p2.*teacher \{.*p7"):
         FGD(in_features=["p7"]).bind(*fake_models(frcnn, retina))
-    with pytest.raises(ValueError, match=r"stride 16 in the student \(32 ch\) but 8 in the teacher \(128 ch\)"):
+    with pytest.raises(ValueError, match=r"stride 16 in the student but 8 in the teacher \(student \{p4: stride 16, 32 ch\}, teacher \{p4: stride 8, 128 ch\}\)"):
         FGD(in_features=["p4"]).bind(*fake_models({"p4": (32, 16)}, {"p4": (128, 8)}))
     with pytest.raises(ValueError, match=r"no feature level with the same stride.*stride 16, 32 ch.*stride 8, 128 ch"):
         FGD().bind(*fake_models({"p4": (32, 16)}, {"p4": (128, 8)}))

@@ -19,7 +19,8 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
 import d2kd.distill.mgd as mgd_module  # noqa: E402
-from d2kd.distill.mgd import MGD, mgd_keep_mask, same_stride_levels  # noqa: E402
+from d2kd.distill.base import feature_levels  # noqa: E402
+from d2kd.distill.mgd import MGD, mgd_keep_mask  # noqa: E402
 from d2kd.export import student_model_config, student_state_dict  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
 from test_coco_configs_gkd import TRAIN, VAL, _save_random_weights, fake_coco  # noqa: E402,F401
@@ -165,10 +166,10 @@ def test_default_levels_are_the_shared_strides_and_bad_levels_are_refused():
     d.bind(*fake_models(frcnn, retina))  # a RetinaNet teacher for a Faster R-CNN student
     assert d.in_features == ["p3", "p4", "p5", "p6"]
     spec = lambda shapes: {f: ShapeSpec(channels=c, stride=st) for f, (c, st) in shapes.items()}  # noqa: E731
-    assert same_stride_levels("X", spec(retina), spec(frcnn)) == ["p3", "p4", "p5", "p6"]  # the student's order
-    with pytest.raises(ValueError, match=r"'p2' is missing from the teacher.*student has .*p2.*teacher has .*p7"):
+    assert feature_levels("X", None, spec(retina), spec(frcnn)) == ["p3", "p4", "p5", "p6"]  # the student's order
+    with pytest.raises(ValueError, match=r"'p2' is missing from the teacher.*student \{.*p2.*teacher \{.*p7"):
         MGD(in_features=["p2"]).bind(*fake_models(frcnn, retina))
-    with pytest.raises(ValueError, match=r"stride 16 in the student \(32 ch\) but 8 in the teacher \(128 ch\)"):
+    with pytest.raises(ValueError, match=r"stride 16 in the student but 8 in the teacher \(student \{p4: stride 16, 32 ch\}, teacher \{p4: stride 8, 128 ch\}\)"):
         MGD(in_features=["p4"]).bind(*fake_models({"p4": (32, 16)}, {"p4": (128, 8)}))
     with pytest.raises(ValueError, match=r"no feature level with the same stride.*student .*stride 16, 32 ch.*teacher .*stride 8, 128 ch"):
         MGD().bind(*fake_models({"p4": (32, 16)}, {"p4": (128, 8)}))

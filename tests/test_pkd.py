@@ -21,7 +21,8 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
 from d2kd.distill.base import DISTILLER_REGISTRY  # noqa: E402
-from d2kd.distill.pkd import PKD, feature_levels, pkd_loss, pkd_standardize  # noqa: E402
+from d2kd.distill.base import feature_levels  # noqa: E402
+from d2kd.distill.pkd import PKD, pkd_loss, pkd_standardize  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
 
 # the fake COCO tree and helpers of the GKD COCO test (the same test-only datasets)

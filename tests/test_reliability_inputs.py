@@ -69,8 +69,9 @@ def _fitnet_args(tmp_path, teacher, *extra, config=FITNET):
         (["model.num_classes=3"], "ValueError: teacher has 8 classes but the student has 3 "),
         (["model.distillers.0.in_features=[p3,p8]"],
          "ValueError: FeatureImitation: feature level 'p8' is missing from the student and teacher "
-         "(student has p3 (stride 8), p4 (stride 16), p5 (stride 32), p6 (stride 64), p7 (stride 128); "
-         "teacher has p3 (stride 8), p4 (stride 16), p5 (stride 32), p6 (stride 64), p7 (stride 128)); "
+         "(student {p3: stride 8, 32 ch, p4: stride 16, 32 ch, p5: stride 32, 32 ch, p6: stride 64, 32 ch, "
+         "p7: stride 128, 32 ch}, teacher {p3: stride 8, 128 ch, p4: stride 16, 128 ch, p5: stride 32, 128 ch, "
+         "p6: stride 64, 128 ch, p7: stride 128, 128 ch}); "
          "levels of equal stride pair under the student's name, so a level must have a stride both "
          "backbones output"),
         (["model.input_format=YUV-BT.601"],
@@ -93,8 +94,9 @@ def test_levels_with_different_strides_are_refused_at_bind():
 
     student = SimpleNamespace(backbone=SimpleNamespace(output_shape=lambda: {"p3": ShapeSpec(channels=16, stride=8)}))
     teacher = SimpleNamespace(output_shape=lambda: {"p3": ShapeSpec(channels=64, stride=16)})
-    with pytest.raises(ValueError, match=r"level 'p3' has stride 8 in the student \(16 ch\) but 16 in the "
-                                         r"teacher \(64 ch\); imitation needs aligned maps: pick levels with equal strides"):
+    with pytest.raises(ValueError, match=r"level 'p3' has stride 8 in the student but 16 in the teacher \(student \{p3: stride 8, "
+                                         r"16 ch\}, teacher \{p3: stride 16, 64 ch\}\); imitation needs aligned maps: pick "
+                                         r"levels with equal strides"):
         FeatureImitation(in_features=["p3"]).bind(student, teacher)
 
 

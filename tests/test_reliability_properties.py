@@ -15,6 +15,8 @@ from d2kd.distill.adl import adaptive_distillation_loss  # noqa: E402
 from d2kd.distill.chen2017 import bounded_regression_batch, bounded_regression_per_box, weighted_soft_ce  # noqa: E402
 from d2kd.distill.gkd import decoupled_feature_loss, weighted_sigmoid_kd, weighted_softmax_kd  # noqa: E402
 from d2kd.distill.lshfm import l2_loss, lsh_loss  # noqa: E402
+from d2kd.distill.cwd import cwd_loss  # noqa: E402
+from d2kd.distill.pkd import pkd_loss  # noqa: E402
 from d2kd.distill.soft_label import sigmoid_kd_loss, softmax_kd_loss  # noqa: E402
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -190,10 +192,79 @@ def test_gkd_decoupled_feature_loss(p, seed):
     assert float(z[0]) == 0.0 and float(z[1]) == 0.0
 
 
+def _maps(p, hw):
+    """(N, C, hw, hw) student and teacher maps from a row pair: each row's values spread over the
+    locations by a fixed random pattern (so channels vary spatially); perm reorders images."""
+    s, t, perm = p
+    g = torch.Generator().manual_seed(s.shape[0] * 7 + s.shape[1])
+    pattern = torch.rand(1, s.shape[1], hw, hw, generator=g) + 0.1
+    return s[:, :, None, None] * pattern, t[:, :, None, None] * pattern.flip(-1), perm
+
+
+@SETTINGS
+@given(pairs(), st.sampled_from([1, 3]))
+def test_pkd(p, hw):
+    s, t, perm = _maps(p, hw)
+    _check(lambda a, b: pkd_loss(a, b.detach()), s, t, perm, zero_at_equal=True)
+
+
+@SETTINGS
+@given(pairs(), temps, st.sampled_from([2, 4]))
+def test_cwd(p, tau, hw):
+    s, t, perm = _maps(p, hw)
+    _check(lambda a, b: cwd_loss(a, b.detach(), tau=tau), s, t, perm, zero_at_equal=True)
+
+
+def _bound(distiller, channels, hw):
+    from types import SimpleNamespace
+
+    from detectron2.layers import ShapeSpec
+
+    shapes = {"p3": ShapeSpec(channels=channels, stride=8)}
+    student = SimpleNamespace(backbone=SimpleNamespace(output_shape=lambda: shapes))
+    distiller.bind(student, SimpleNamespace(output_shape=lambda: shapes, model=student, layout=lambda: None))
+    return distiller
+
+
+def _records(fs, ft, boxes):
+    from types import SimpleNamespace
+
+    from detectron2.structures import Boxes, ImageList, Instances
+
+    n, _, h, w = fs.shape
+    images = ImageList(torch.zeros(n, 3, 8 * h, 8 * w), [(8 * h, 8 * w)] * n)
+    gts = []
+    for i in range(n):
+        inst = Instances((8 * h, 8 * w))
+        inst.gt_boxes, inst.gt_classes = Boxes(boxes[i]), torch.zeros(len(boxes[i]), dtype=torch.long)
+        gts.append(inst)
+    return (SimpleNamespace(features={"p3": fs}, images=images, gt_instances=gts),
+            SimpleNamespace(features={"p3": ft}, images=images, gt_instances=gts))
+
+
+@SETTINGS
+@given(pairs(), st.sampled_from([2, 4]))
+def test_mgd_and_fgd_through_the_distiller(p, hw):
+    """Finite, non-negative terms at any scale, a gradient into the student and the methods' own
+    modules only, images without GT boxes allowed (FGD)."""
+    from d2kd.distill import FGD, MGD
+
+    s, t, _ = _maps(p, hw)
+    n = s.shape[0]
+    boxes = [torch.tensor([[0.0, 0.0, 4.0 * hw, 4.0 * hw]]) if i % 2 == 0 else torch.zeros(0, 4) for i in range(n)]
+    for d in (_bound(MGD(in_features=["p3"]), s.shape[1], hw), _bound(FGD(in_features=["p3"]), s.shape[1], hw)):
+        fs = s.clone().requires_grad_(True)
+        ft = t.clone().requires_grad_(True)
+        terms = d(*_records(fs, ft, boxes))
+        assert terms and all(torch.isfinite(v) and v >= 0 for v in terms.values()), terms
+        sum(terms.values()).backward()
+        assert fs.grad is not None and torch.isfinite(fs.grad).all() and ft.grad is None, type(d).__name__
+
+
 def test_every_distiller_has_a_property_test():
     """A new method must add its loss functions here."""
     from d2kd.distill import DISTILLER_REGISTRY
 
-    covered = {"FeatureImitation", "SoftLabelKD", "FGFI", "LSHFM", "ADL", "GKD", "Chen2017"}
+    covered = {"FeatureImitation", "SoftLabelKD", "FGFI", "LSHFM", "ADL", "GKD", "Chen2017", "PKD", "CWD", "MGD", "FGD"}
     registered = {name for name, _ in DISTILLER_REGISTRY}
     assert registered <= covered, registered - covered

@@ -13,7 +13,7 @@ A distiller is an ``nn.Module`` (its adapters train with the student and live un
    adapter takes part in every step and DDP needs no unused-parameter search.
 """
 import math
-from typing import Dict, Iterable, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -158,27 +158,59 @@ class Distiller(nn.Module):
         return f"name={self.name}, weight={self.weight}, schedule={self.schedule}"
 
 
-def check_levels(method: str, levels: Iterable[str], student_shapes: Dict, teacher_shapes: Dict) -> None:
-    """Every level exists on both sides with the same stride; the error names both shapes."""
+def describe_shapes(shapes: Mapping) -> str:
+    """``{p3: stride 8, 32 ch, ...}``: a model's feature shapes, for an error message."""
+    return "{" + ", ".join(f"{f}: stride {s.stride}, {s.channels} ch" for f, s in shapes.items()) + "}"
+
+
+def check_levels(method: str, levels: Iterable[str], student_shapes: Mapping, teacher_shapes: Mapping) -> None:
+    """Every level exists on both sides with the same stride; the error names both shapes.
+    (Levels of equal stride pair under the student's names: ``Teacher.align_levels``.)"""
+    both = f"student {describe_shapes(student_shapes)}, teacher {describe_shapes(teacher_shapes)}"
     for level in levels:
         missing = [who for who, shapes in (("student", student_shapes), ("teacher", teacher_shapes)) if level not in shapes]
         if missing:
-            def strides(shapes):
-                return ", ".join(f"{k} (stride {v.stride})" for k, v in sorted(shapes.items(), key=lambda kv: kv[1].stride))
-
             raise ValueError(
-                f"{method}: feature level '{level}' is missing from the {' and '.join(missing)} "
-                f"(student has {strides(student_shapes)}; teacher has {strides(teacher_shapes)}); "
-                f"levels of equal stride pair under the student's name, so a level must have a "
-                f"stride both backbones output"
+                f"{method}: feature level '{level}' is missing from the {' and '.join(missing)} ({both}); "
+                f"levels of equal stride pair under the student's name, so a level must have a stride "
+                f"both backbones output"
             )
         s, t = student_shapes[level], teacher_shapes[level]
         if s.stride != t.stride:
             raise ValueError(
-                f"{method}: level '{level}' has stride {s.stride} in the student "
-                f"({s.channels} ch) but {t.stride} in the teacher ({t.channels} ch); imitation "
-                f"needs aligned maps: pick levels with equal strides"
+                f"{method}: level '{level}' has stride {s.stride} in the student but {t.stride} in the "
+                f"teacher ({both}); imitation needs aligned maps: pick levels with equal strides"
             )
+
+
+def feature_levels(method: str, in_features: Optional[Sequence[str]], student_shapes: Mapping,
+                   teacher_shapes: Mapping) -> List[str]:
+    """The levels a feature method compares: ``in_features`` (checked by :func:`check_levels`),
+    or (None) every level both models output with the same stride, in the student's order (a
+    RetinaNet teacher, P3-P7, and a Faster R-CNN student, P2-P6, share P3-P6); none is an error
+    naming both models' shapes."""
+    if in_features is not None:
+        check_levels(method, in_features, student_shapes, teacher_shapes)
+        return list(in_features)
+    levels = [f for f, s in student_shapes.items() if f in teacher_shapes and teacher_shapes[f].stride == s.stride]
+    if not levels:
+        raise ValueError(
+            f"{method}: the student and the teacher share no feature level with the same stride (student "
+            f"{describe_shapes(student_shapes)}, teacher {describe_shapes(teacher_shapes)}); distil a teacher "
+            f"whose backbone outputs some of the student's strides"
+        )
+    return levels
+
+
+def channel_adapters(student_shapes: Mapping, teacher_shapes: Mapping, levels: Sequence[str]) -> nn.ModuleDict:
+    """A 1×1 conv (student → teacher channels, PyTorch's default init) for each level whose
+    channel counts differ: what PKD, CWD and MGD align channels with."""
+    adapters = nn.ModuleDict()
+    for level in levels:
+        c_s, c_t = student_shapes[level].channels, teacher_shapes[level].channels
+        if c_s != c_t:
+            adapters[level] = nn.Conv2d(c_s, c_t, kernel_size=1)
+    return adapters
 
 
 def check_same_spatial_size(method: str, level: str, s: Tensor, t: Tensor) -> None:

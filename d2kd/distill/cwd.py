@@ -38,8 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..records import record_layout
-from .base import DISTILLER_REGISTRY, Distiller, KDSchedule, check_same_spatial_size, float32
-from .pkd import channel_adapters, feature_levels, pkd_standardize
+from .base import (
+    DISTILLER_REGISTRY,
+    Distiller,
+    KDSchedule,
+    channel_adapters,
+    check_same_spatial_size,
+    feature_levels,
+    float32,
+)
+from .pkd import pkd_standardize
 
 __all__ = ["CWD", "cwd_loss"]
 

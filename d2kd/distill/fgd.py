@@ -56,8 +56,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..records import record_layout
-from .base import DISTILLER_REGISTRY, Distiller, KDSchedule, check_levels, check_same_spatial_size, float32
-from .mgd import same_stride_levels
+from .base import (
+    DISTILLER_REGISTRY,
+    Distiller,
+    KDSchedule,
+    check_levels,
+    check_same_spatial_size,
+    feature_levels,
+    float32,
+)
 
 __all__ = ["FGD", "ContextBlock", "fgd_masks", "fgd_attention"]
 
@@ -190,7 +197,7 @@ class FGD(Distiller):
     def bind(self, student, teacher) -> None:
         s_shapes, t_shapes = record_layout(student).feature_shapes, teacher.output_shape()
         if self.in_features is None:
-            self.in_features = same_stride_levels("FGD", s_shapes, t_shapes)
+            self.in_features = feature_levels("FGD", None, s_shapes, t_shapes)
         check_levels("FGD", self.in_features, s_shapes, t_shapes)
         for level in self.in_features:
             c_s, c_t = s_shapes[level].channels, t_shapes[level].channels

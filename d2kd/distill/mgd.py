@@ -35,26 +35,17 @@ import torch
 from torch import Tensor, nn
 
 from ..records import record_layout
-from .base import DISTILLER_REGISTRY, Distiller, KDSchedule, check_levels, check_same_spatial_size, float32
+from .base import (
+    DISTILLER_REGISTRY,
+    Distiller,
+    KDSchedule,
+    check_levels,
+    check_same_spatial_size,
+    feature_levels,
+    float32,
+)
 
-__all__ = ["MGD", "mgd_keep_mask", "same_stride_levels"]
-
-
-def same_stride_levels(method: str, student_shapes: Dict, teacher_shapes: Dict) -> List[str]:
-    """The levels both models output with the same stride, in the student's order (the default
-    ``in_features`` of a feature method: a RetinaNet teacher (P3-P7) and a Faster R-CNN student
-    (P2-P6) share P3-P6); none is an error naming both shapes."""
-    levels = [
-        f for f, s in student_shapes.items() if f in teacher_shapes and teacher_shapes[f].stride == s.stride
-    ]
-    if not levels:
-        describe = lambda shapes: {f: f"stride {s.stride}, {s.channels} ch" for f, s in shapes.items()}  # noqa: E731
-        raise ValueError(
-            f"{method}: the student and the teacher share no feature level with the same stride "
-            f"(student {describe(student_shapes)}, teacher {describe(teacher_shapes)}); set in_features to "
-            f"levels both output at the same stride"
-        )
-    return levels
+__all__ = ["MGD", "mgd_keep_mask"]
 
 
 def mgd_keep_mask(n: int, height: int, width: int, ratio: float, device) -> Tensor:
@@ -111,7 +102,7 @@ class MGD(Distiller):
     def bind(self, student, teacher) -> None:
         s_shapes, t_shapes = record_layout(student).feature_shapes, teacher.output_shape()
         if self.in_features is None:
-            self.in_features = same_stride_levels("MGD", s_shapes, t_shapes)
+            self.in_features = feature_levels("MGD", None, s_shapes, t_shapes)
         check_levels("MGD", self.in_features, s_shapes, t_shapes)
         for level in self.in_features:
             c_s, c_t = s_shapes[level].channels, t_shapes[level].channels

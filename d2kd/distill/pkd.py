@@ -43,9 +43,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..records import record_layout
-from .base import DISTILLER_REGISTRY, Distiller, KDSchedule, check_same_spatial_size, float32
+from .base import (
+    DISTILLER_REGISTRY,
+    Distiller,
+    KDSchedule,
+    channel_adapters,
+    check_same_spatial_size,
+    feature_levels,
+    float32,
+)
 
-__all__ = ["PKD", "pkd_standardize", "pkd_loss", "describe_shapes", "feature_levels"]
+__all__ = ["PKD", "pkd_standardize", "pkd_loss"]
 
 #: PKD's ε in ``(x − μ) / (σ + ε)`` (mmrazor ``PKDLoss.norm``, PaddleDetection ``feature_norm``).
 PKD_EPS = 1e-6
@@ -53,53 +61,6 @@ RESIZE = ("student", "teacher", None)
 
 
 # ---- levels (shared by the feature methods that compare maps level by level) ------------------
-def describe_shapes(shapes: Mapping) -> str:
-    """``{p3: stride 8, 32 ch, ...}``: a model's feature shapes, for an error message."""
-    return "{" + ", ".join(f"{f}: stride {s.stride}, {s.channels} ch" for f, s in shapes.items()) + "}"
-
-
-def feature_levels(method: str, in_features: Optional[Sequence[str]], student_shapes: Mapping,
-                   teacher_shapes: Mapping) -> List[str]:
-    """The levels a feature method compares: ``in_features``, each checked to exist on both sides
-    with the same stride, or (None) every level both models output with the same stride, in the
-    student's order (a RetinaNet teacher, P3-P7, and a Faster R-CNN student, P2-P6, share P3-P6).
-    A mismatch no adapter can fix (an unknown level, different strides, no common level) raises
-    ``ValueError`` naming both models' shapes."""
-    both = f"student {describe_shapes(student_shapes)}, teacher {describe_shapes(teacher_shapes)}"
-    if in_features is None:
-        levels = [f for f, s in student_shapes.items() if f in teacher_shapes and teacher_shapes[f].stride == s.stride]
-        if not levels:
-            raise ValueError(
-                f"{method}: the student and the teacher share no feature level with the same stride ({both}); "
-                f"distil a teacher whose backbone outputs some of the student's levels"
-            )
-        return levels
-    for level in in_features:
-        missing = [who for who, shapes in (("student", student_shapes), ("teacher", teacher_shapes)) if level not in shapes]
-        if missing:
-            raise ValueError(
-                f"{method}: feature level '{level}' is missing from the {' and '.join(missing)} ({both}); "
-                f"set in_features to levels both output, or None for all of them"
-            )
-        if student_shapes[level].stride != teacher_shapes[level].stride:
-            raise ValueError(
-                f"{method}: level '{level}' has stride {student_shapes[level].stride} in the student but "
-                f"{teacher_shapes[level].stride} in the teacher ({both}); pick levels with equal strides "
-                f"(in_features=None: all of them)"
-            )
-    return list(in_features)
-
-
-def channel_adapters(student_shapes: Mapping, teacher_shapes: Mapping, levels: Sequence[str]) -> nn.ModuleDict:
-    """A 1×1 conv (student → teacher channels) for each level whose channel counts differ."""
-    adapters = nn.ModuleDict()
-    for level in levels:
-        c_s, c_t = student_shapes[level].channels, teacher_shapes[level].channels
-        if c_s != c_t:
-            adapters[level] = nn.Conv2d(c_s, c_t, kernel_size=1)
-    return adapters
-
-
 # ---- the loss -------------------------------------------------------------------------------
 def pkd_standardize(x: Tensor, eps: float = PKD_EPS) -> Tensor:
     """(N, C, H, W) → each channel standardised over its N·H·W values: ``(x − μ_c) / (σ_c + ε)``,
