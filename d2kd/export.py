@@ -10,6 +10,9 @@ Writes into ``output_dir``:
 - ``predictor.yaml``: a yacs config for ``DefaultPredictor`` (see :func:`load_predictor_config`),
   with paths relative to ``output_dir`` and no device: the folder is self-contained (it can be
   moved, or copied to a machine with or without a GPU).
+- ``README.md``: how to load the folder (:func:`write_loading_notes`). ``config.yaml`` is a
+  LazyConfig, which Detectron2's yacs-only tools (``tools/deploy/export_model.py``) cannot read;
+  the notes say so and give the routes that work.
 
 Serving it: :func:`build_predictor` (``tools/demo.py``) returns a ``DefaultPredictor`` whose
 weights are read by d2kd's checkpointer, which never runs code from a file (a ``.pkl`` that
@@ -177,6 +180,74 @@ def build_predictor(
     return Predictor(cfg, allow_pickle=allow_pickle)
 
 
+LOADING_NOTES = """# {model_class} student exported by d2kd
+
+| file | what it is |
+|---|---|
+| `model_final.pth` | `{{"model": state_dict}}` of the student alone (no teacher, no distillation adapters) |
+| `config.yaml` | a Detectron2 **LazyConfig**: `model` (`{model_target}`) and the test `dataloader` |
+| `predictor.yaml` | a yacs config for `DefaultPredictor` (needs `import d2kd`: its model is `D2KDLazyModel`) |
+
+Paths are relative to this folder and no device is written: move or copy the folder freely.
+
+## Load it in Python
+
+```python
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+
+cfg = LazyConfig.load("config.yaml")
+model = instantiate(cfg.model).eval()
+DetectionCheckpointer(model).load("model_final.pth")
+```
+
+{d2kd_note}## Serve it
+
+```python
+import d2kd
+from detectron2.engine import DefaultPredictor
+from d2kd.export import load_predictor_config
+
+predictor = DefaultPredictor(load_predictor_config("predictor.yaml"))
+```
+
+## Export it (TorchScript, ONNX)
+
+`config.yaml` is a LazyConfig, and Detectron2's `tools/deploy/export_model.py` reads yacs configs
+only. d2kd's deploy command takes the same route (Detectron2's `TracingAdapter`) from this folder:
+
+    python3 -m d2kd.deploy export --student . --format torchscript onnx
+"""
+
+D2KD_CLASSES_NOTE = (
+    "This model is built with d2kd code ({targets}): install d2kd; `instantiate` imports it.\n\n"
+)
+
+
+def write_loading_notes(student_cfg, path: str) -> None:
+    """``README.md`` of an exported folder: its files, and how to load, serve and export it."""
+    target = student_cfg.model._target_
+    target = target if isinstance(target, str) else _convert_target_to_string(target)
+    d2kd_targets = sorted({t for t in _targets(student_cfg.model) if t.startswith("d2kd.")})
+    d2kd_note = D2KD_CLASSES_NOTE.format(targets=", ".join(f"`{t}`" for t in d2kd_targets)) if d2kd_targets else ""
+    with open(path, "w") as f:
+        f.write(LOADING_NOTES.format(model_class=target.rsplit(".", 1)[-1], model_target=target,
+                                     d2kd_note=d2kd_note))
+
+
+def _targets(node):
+    """Every ``_target_`` string in a LazyConfig node."""
+    if OmegaConf.is_dict(node):
+        for key, value in node.items():
+            if key == "_target_":
+                yield value if isinstance(value, str) else _convert_target_to_string(value)
+            else:
+                yield from _targets(value)
+    elif OmegaConf.is_list(node):
+        for value in node:
+            yield from _targets(value)
+
+
 def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
     """Write the student-only checkpoint, its LazyConfig and a DefaultPredictor config."""
     os.makedirs(output_dir, exist_ok=True)
@@ -196,7 +267,9 @@ def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
     LazyConfig.save(student_cfg, config_file)
     predictor_file = os.path.join(output_dir, "predictor.yaml")
     write_predictor_config(cfg, config_file, student_weights, predictor_file)
-    return {"weights": student_weights, "config": config_file, "predictor": predictor_file}
+    notes_file = os.path.join(output_dir, "README.md")
+    write_loading_notes(student_cfg, notes_file)
+    return {"weights": student_weights, "config": config_file, "predictor": predictor_file, "notes": notes_file}
 
 
 def main(argv=None):

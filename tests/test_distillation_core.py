@@ -173,6 +173,20 @@ def test_inference_is_the_plain_student_and_export_loads_into_stock_detectron2(n
     with torch.no_grad():
         stock_out = stock(inputs)
     assert len(out[0]["instances"]) > 0
+
+    # The folder's README.md loads it as it says, from inside the folder, with stock Detectron2 calls.
+    notes = open(paths["notes"]).read()
+    assert "tools/deploy/export_model.py" in notes  # says why Detectron2's yacs-only exporter is not the route
+    recipe = notes.split("```python\n")[1].split("```")[0]
+    here = os.getcwd()
+    os.chdir(os.path.dirname(paths["notes"]))
+    try:
+        namespace = {}
+        exec(recipe, namespace)
+    finally:
+        os.chdir(here)
+    loaded = namespace["model"].state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
     for a, b in zip(out, stock_out):
         torch.testing.assert_close(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
         torch.testing.assert_close(a["instances"].scores, b["instances"].scores)

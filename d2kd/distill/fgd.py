@@ -60,7 +60,7 @@ from .base import (
     DISTILLER_REGISTRY,
     Distiller,
     KDSchedule,
-    check_levels,
+    channel_adapters,
     check_same_spatial_size,
     feature_levels,
     float32,
@@ -190,19 +190,16 @@ class FGD(Distiller):
         if in_features is not None and not list(in_features):
             raise ValueError("FGD: in_features must name at least one level (or be None: the shared levels)")
         self.in_features = list(in_features) if in_features is not None else None
-        self.align = nn.ModuleDict()  # only the levels whose channels differ
+        self.align = nn.ModuleDict()  # only the levels whose channels differ (filled by bind)
         self.context_student = nn.ModuleDict()
         self.context_teacher = nn.ModuleDict()
 
     def bind(self, student, teacher) -> None:
         s_shapes, t_shapes = record_layout(student).feature_shapes, teacher.output_shape()
-        if self.in_features is None:
-            self.in_features = feature_levels("FGD", None, s_shapes, t_shapes)
-        check_levels("FGD", self.in_features, s_shapes, t_shapes)
+        self.in_features = feature_levels("FGD", self.in_features, s_shapes, t_shapes)
+        self.align = channel_adapters(s_shapes, t_shapes, self.in_features)
         for level in self.in_features:
-            c_s, c_t = s_shapes[level].channels, t_shapes[level].channels
-            if c_s != c_t:
-                self.align[level] = nn.Conv2d(c_s, c_t, kernel_size=1)
+            c_t = t_shapes[level].channels
             self.context_student[level] = ContextBlock(c_t)
             self.context_teacher[level] = ContextBlock(c_t)
 

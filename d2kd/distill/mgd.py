@@ -39,7 +39,7 @@ from .base import (
     DISTILLER_REGISTRY,
     Distiller,
     KDSchedule,
-    check_levels,
+    channel_adapters,
     check_same_spatial_size,
     feature_levels,
     float32,
@@ -96,18 +96,15 @@ class MGD(Distiller):
         if in_features is not None and not list(in_features):
             raise ValueError("MGD: in_features must name at least one level (or be None: the shared levels)")
         self.in_features = list(in_features) if in_features is not None else None
-        self.align = nn.ModuleDict()  # only the levels whose channels differ
+        self.align = nn.ModuleDict()  # only the levels whose channels differ (filled by bind)
         self.generation = nn.ModuleDict()
 
     def bind(self, student, teacher) -> None:
         s_shapes, t_shapes = record_layout(student).feature_shapes, teacher.output_shape()
-        if self.in_features is None:
-            self.in_features = feature_levels("MGD", None, s_shapes, t_shapes)
-        check_levels("MGD", self.in_features, s_shapes, t_shapes)
+        self.in_features = feature_levels("MGD", self.in_features, s_shapes, t_shapes)
+        self.align = channel_adapters(s_shapes, t_shapes, self.in_features)
         for level in self.in_features:
-            c_s, c_t = s_shapes[level].channels, t_shapes[level].channels
-            if c_s != c_t:
-                self.align[level] = nn.Conv2d(c_s, c_t, kernel_size=1)
+            c_t = t_shapes[level].channels
             self.generation[level] = GenerationBlock(c_t)
 
     def teacher_needs(self):
