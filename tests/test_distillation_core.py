@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from conftest import D2_MISSING, TINY, read_metrics, run_train_net, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, run_train_net, save_random_weights
 from conftest import YACS_SMALL, YACS_ZOO_RETINANET, yacs_small_retinanet
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
@@ -388,11 +388,13 @@ def test_distillation_with_two_cpu_processes(teacher_weights, tmp_path):
     assert rows[-1]["iteration"] == 2 and "loss_kd_softlabel_cls" in rows[-1]
 
 
-def test_missing_teacher_weights_fail_before_training(tmp_path):
-    proc = run_train_net(["--config-file", EXPERIMENTS["retinanet"][1], "model.teacher.weights=/no/teacher.pth",
-                          f"train.output_dir={tmp_path}"], timeout=120)
-    assert proc.returncode == 2
-    assert "train_net.py: error: model.teacher.weights: teacher weights file not found: /no/teacher.pth" in proc.stderr
+def test_missing_teacher_weights_fail_before_training(tmp_path, train_net, capfd, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(train_net, "launch", lambda *a, **k: pytest.fail("a worker started without teacher weights"))
+    code, lines, _ = run_cli(train_net, capfd, ["--config-file", EXPERIMENTS["retinanet"][1],
+                                                "model.teacher.weights=/no/teacher.pth", f"train.output_dir={tmp_path}"])
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("train_net.py: error: model.teacher.weights: teacher weights file not found: /no/teacher.pth")
 
 
 def test_teacher_autocast_dtype(teacher_weights):

@@ -8,7 +8,7 @@ import math
 import os
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, read_metrics, run_train_net, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, run_train_net, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -175,17 +175,18 @@ def test_every_loss_multiplier_of_a_method_is_checked():
     assert GKD(weight=0).weight == 0.0  # 0 turns a method off: allowed
 
 
-def test_negative_weight_on_the_command_line_exits_2_naming_it(teachers, tmp_path):
+def test_negative_weight_on_the_command_line_exits_2_naming_it(teachers, tmp_path, train_net, capfd, monkeypatch):
     out = tmp_path / "run"
-    proc = run_train_net(["--config-file", "configs/shapes/faster_rcnn_fgfi.py", *TINY, "train.max_iter=1",
-                          f"model.teacher.weights={teachers['faster_rcnn']}", f"train.output_dir={out}",
-                          "model.distillers.0.weight=-1.0"])
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
+    monkeypatch.chdir(REPO)
+    code, lines, log = run_cli(train_net, capfd, [
+        "--config-file", "configs/shapes/faster_rcnn_fgfi.py", *TINY, "train.max_iter=1",
+        f"model.teacher.weights={teachers['faster_rcnn']}", f"train.output_dir={out}", "model.distillers.0.weight=-1.0"])
+    assert code == 2, log[-2000:]
+    assert lines == [
         "train_net.py: error: cannot build configs/shapes/faster_rcnn_fgfi.py: ValueError: FGFI "
         "(loss_kd_fgfi_*): weight must be finite and >= 0, got -1.0; a negative multiplier rewards the "
         "student for moving away from the teacher (set weight=0 to turn the term off)"
-    )
+    ]
     assert not (out / "metrics.json").exists()
 
 

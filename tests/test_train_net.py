@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import D2_MISSING, TINY, TINY_2PROC, read_metrics, run_train_net
+from conftest import D2_MISSING, REPO, TINY, TINY_2PROC, read_metrics, run_cli, run_train_net
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -158,12 +158,14 @@ def test_two_cpu_processes_train(tmp_path):
         (["nosuchsection.key=1"], "nosuchsection"),
     ],
 )
-def test_bad_input_exits_with_one_line(overrides, message, tmp_path):
-    proc = run_train_net(["--config-file", CONFIG, *overrides, f"train.output_dir={tmp_path}"], timeout=120)
-    assert proc.returncode != 0
-    errors = [l for l in proc.stderr.strip().splitlines() if l.startswith("train_net.py: error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+def test_bad_input_exits_with_one_line(overrides, message, tmp_path, train_net, capfd, monkeypatch):
+    """Refused before any worker starts (``launch`` is never called), with one line. In this
+    process: test_missing_config_file runs the script itself for the exit status."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(train_net, "launch", lambda *a, **k: pytest.fail("a worker started for a bad config"))
+    code, lines, out = run_cli(train_net, capfd, ["--config-file", CONFIG, *overrides, f"train.output_dir={tmp_path}"])
+    assert code == 2 and len(lines) == 1 and message in lines[0], out[-2000:]
+    assert "Traceback" not in out
 
 
 def test_missing_config_file(tmp_path):

@@ -164,7 +164,9 @@ def test_spec_hyper_parameters():
 
 
 @pytest.mark.parametrize("config", MY_CONFIGS)
-def test_voc_config_builds_and_runs_two_iterations(config, fake_voc, no_teacher_weights):
+def test_voc_config_builds_and_runs_one_step(config, fake_voc, no_teacher_weights):
+    """Built as written (shrunk), one SGD step with finite losses and a non-zero KD term (a second
+    step at the tiny learning rate the random models need checked nothing more)."""
     t0 = time.time()
     cfg = shrink(LazyConfig.load(os.path.join(CONFIG_DIR, f"{config}.py")))
     if "teacher" in cfg.model:
@@ -179,12 +181,11 @@ def test_voc_config_builds_and_runs_two_iterations(config, fake_voc, no_teacher_
     optimizer = instantiate(cfg.optimizer)
     loader = iter(instantiate(cfg.dataloader.train))
     with EventStorage(1000):  # past every warm-up
-        for _ in range(2):
-            losses = model(next(loader))
-            assert all(torch.isfinite(v) for v in losses.values()), losses
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+        losses = model(next(loader))
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
     if "teacher" in cfg.model:
         kd = [k for k in losses if k.startswith("loss_kd_")]
         assert kd and any(losses[k].item() > 0 for k in kd)
