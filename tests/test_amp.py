@@ -171,19 +171,4 @@ def test_teacher_config_trains_in_bfloat16_where_native_but_not_under_detectron2
     assert load_config("configs/shapes/retinanet_teacher.py").train.amp.native_bfloat16 is False
 
 
-def test_two_cpu_processes_train_under_bfloat16(tmp_path):
-    """DDP over gloo: the autocast hooks sit on the DistributedDataParallel wrapper; both ranks
-    step, and the final checkpoint's weights are fp32."""
-    from conftest import TINY_2PROC, read_metrics, run_train_net
-
-    proc = run_train_net(
-        ["--config-file", "configs/shapes/faster_rcnn_student.py", "--num-gpus", "2", *TINY_2PROC,
-         "train.max_iter=2", "train.amp.enabled=True", "train.checkpointer.period=100", f"train.output_dir={tmp_path}"],
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = (tmp_path / "log.txt").read_text()
-    assert "World size: 2" in log and "runs under autocast(cpu, torch.bfloat16)" in log
-    assert [r["iteration"] for r in read_metrics(str(tmp_path)) if "total_loss" in r] == [0, 1]
-    state = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+# Two processes under bfloat16: test_distillation_core.py::test_distillation_with_two_cpu_processes_under_bfloat16_on_a_free_port.

@@ -375,17 +375,41 @@ def test_distillation_run_logs_kd_terms_teacher_ap_resumes_and_exports(teacher_w
     assert not any(k.startswith("teacher") for k in state["model"])
 
 
-def test_distillation_with_two_cpu_processes(teacher_weights, tmp_path):
+def test_distillation_with_two_cpu_processes_under_bfloat16_on_a_free_port(teacher_weights, tmp_path):
+    """One two-process run (gloo) checks three things, each a process start saved:
+    - distillation over DDP: both ranks step and log the KD term;
+    - train.amp (bfloat16 autocast) under DDP: the autocast hooks sit on the DistributedDataParallel
+      wrapper, and the final checkpoint's weights are fp32;
+    - while Detectron2's default port for this user is taken (as by another multi-process run on
+      this machine), train_net.py without --dist-url picks a free one."""
+    import socket
+    from urllib.parse import urlparse
+
+    from detectron2.engine import default_argument_parser
+
     out = str(tmp_path)
-    proc = run_train_net(
-        ["--config-file", EXPERIMENTS["faster_rcnn"][1], "--num-gpus", "2", *TINY, "train.max_iter=3",
-         "train.eval_teacher=False", "train.checkpointer.period=100",
-         f"model.teacher.weights={teacher_weights['faster_rcnn']}", f"train.output_dir={out}"],
-        timeout=400,
-    )
+    default_port = urlparse(default_argument_parser().get_default("dist_url")).port
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past runs' TIME_WAIT
+        try:
+            busy.bind(("127.0.0.1", default_port))
+            busy.listen()
+        except OSError:  # another process listens there already: it is taken either way
+            pass
+        proc = run_train_net(
+            ["--config-file", EXPERIMENTS["faster_rcnn"][1], "--num-gpus", "2", *TINY, "train.max_iter=2",
+             "train.eval_teacher=False", "train.checkpointer.period=100", "train.amp.enabled=True",
+             f"model.teacher.weights={teacher_weights['faster_rcnn']}", f"train.output_dir={out}"],
+            timeout=400,
+        )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f":{default_port}" not in proc.stdout + proc.stderr
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "World size: 2" in log and "runs under autocast(cpu, torch.bfloat16)" in log
     rows = [r for r in read_metrics(out) if "total_loss" in r]
-    assert rows[-1]["iteration"] == 2 and "loss_kd_softlabel_cls" in rows[-1]
+    assert [r["iteration"] for r in rows] == [0, 1] and "loss_kd_softlabel_cls" in rows[-1]
+    state = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
 def test_missing_teacher_weights_fail_before_training(tmp_path, train_net, capfd, monkeypatch):

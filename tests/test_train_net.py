@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, TINY_2PROC, read_metrics, run_cli, run_train_net
+from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, run_train_net
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -120,33 +120,8 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     assert iters[0] == 15 and iters[-1] == 29
 
 
-def test_two_cpu_processes_train(tmp_path):
-    """Two processes over gloo, while Detectron2's default port for this user is taken (as by
-    another multi-process run on this machine): without --dist-url a free port is used."""
-    import socket
-    from urllib.parse import urlparse
-
-    from detectron2.engine import default_argument_parser
-
-    out = str(tmp_path)
-    default_port = urlparse(default_argument_parser().get_default("dist_url")).port
-    with socket.socket() as busy:
-        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past runs' TIME_WAIT
-        try:
-            busy.bind(("127.0.0.1", default_port))
-            busy.listen()
-        except OSError:  # another process listens there already: it is taken either way
-            pass
-        proc = run_train_net(
-            ["--config-file", CONFIG, "--num-gpus", "2", *TINY_2PROC, "train.max_iter=4",
-             "dataloader.test.dataset.names=shapes_tiny_val", "train.checkpointer.period=100",
-             f"train.output_dir={out}"],
-            timeout=400,
-        )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f":{default_port}" not in proc.stdout + proc.stderr
-    assert "world_size=2" in proc.stderr + proc.stdout or "Rank of current process: 0. World size: 2" in proc.stderr + proc.stdout
-    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+# Two processes (and a free port when Detectron2's default one is taken):
+# test_distillation_core.py::test_distillation_with_two_cpu_processes_under_bfloat16_on_a_free_port.
 
 
 @pytest.mark.parametrize(
