@@ -153,13 +153,19 @@ def train_net():
 
 
 def fresh_loggers():
-    """setup_logger caches handlers on the streams of an earlier test's capture: start afresh."""
+    """setup_logger caches handlers on the streams of an earlier test's capture, and stops its
+    loggers from propagating (so a later test's caplog saw nothing): start afresh."""
     import logging
 
     from detectron2.utils import logger as d2_logger
 
     for name in ("detectron2", "d2kd", "fvcore", "d2"):
-        logging.getLogger(name).handlers.clear()
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            handler.close()
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
     d2_logger.setup_logger.cache_clear()
 
 
@@ -167,9 +173,12 @@ def run_cli(train_net, capfd, args):
     """``train_net.cli(args)`` in this process: (exit code, its 'error:' lines, stdout + stderr;
     detectron2's console log goes to stdout)."""
     fresh_loggers()
-    with pytest.raises(SystemExit) as e:
-        train_net.cli(args)
-        raise SystemExit(0)
+    try:
+        with pytest.raises(SystemExit) as e:
+            train_net.cli(args)
+            raise SystemExit(0)
+    finally:
+        fresh_loggers()  # leave no handler on this test's capture, and caplog working, for the next tests
     cap = capfd.readouterr()
     lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
     return e.value.code, lines, cap.out + cap.err

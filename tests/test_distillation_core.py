@@ -350,12 +350,13 @@ def test_yacs_model_zoo_teacher_and_yacs_distillation_model(tmp_path):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_distillation_run_logs_kd_terms_teacher_ap_resumes_and_exports(teacher_weights, tmp_path):
+def test_distillation_run_logs_kd_terms_teacher_ap_resumes_and_exports(teacher_weights, tmp_path, train_net, capfd):
+    """train_net.py's command line, run in this process (test_train_net.py runs the script itself)."""
     out = str(tmp_path / "run")
     args = ["--config-file", EXPERIMENTS["retinanet"][1], *TINY, "train.max_iter=6", "train.checkpointer.period=3",
             f"model.teacher.weights={teacher_weights['retinanet']}", f"train.output_dir={out}"]
-    proc = run_train_net(args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, log = run_cli(train_net, capfd, args)
+    assert code == 0, log[-3000:]
     rows = read_metrics(out)
     assert any("teacher/bbox/AP" in r for r in rows), "the teacher was not evaluated at the start"
     train_rows = [r for r in rows if "total_loss" in r]
@@ -365,9 +366,8 @@ def test_distillation_run_logs_kd_terms_teacher_ap_resumes_and_exports(teacher_w
     os.remove(os.path.join(out, "model_final.pth"))
     with open(os.path.join(out, "last_checkpoint"), "w") as f:
         f.write("model_0000002.pth")
-    proc = run_train_net(["--resume"] + args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stderr + proc.stdout
+    code, _, log = run_cli(train_net, capfd, ["--resume"] + args)
+    assert code == 0, log[-3000:]
     assert "Starting training from iteration 3" in log and "Teacher built from" in log
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     state = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)

@@ -8,7 +8,7 @@ import math
 import os
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, run_train_net, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -209,14 +209,15 @@ def test_all_kd_weights_zero_warns_at_build_time(teachers, caplog):
 
 
 # ---- warnings before training -------------------------------------------------------------------
-def test_run_shorter_than_the_warm_up_warns_and_teacher_evaluation_says_its_time(teachers, tmp_path):
+def test_run_shorter_than_the_warm_up_warns_and_teacher_evaluation_says_its_time(teachers, tmp_path, train_net, capfd):
     """faster_rcnn_fgfi.py waits 100 iterations: a 2-iteration run would train with
     loss_kd_fgfi_imitation = 0 throughout. The warning comes before the first step (and before
     the teacher's evaluation, which says how long it took and how to skip it)."""
     out = tmp_path / "run"
-    proc = run_train_net(["--config-file", "configs/shapes/faster_rcnn_fgfi.py", *TINY, "train.max_iter=2",
-                          f"model.teacher.weights={teachers['faster_rcnn']}", f"train.output_dir={out}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, console = run_cli(train_net, capfd, ["--config-file", "configs/shapes/faster_rcnn_fgfi.py", *TINY,
+                                                  "train.max_iter=2", f"model.teacher.weights={teachers['faster_rcnn']}",
+                                                  f"train.output_dir={out}"])
+    assert code == 0, console[-3000:]
     log = (out / "log.txt").read_text()
     warning = (
         "FGFI (distillers.0, loss_kd_fgfi_*) is off for this whole run: its warm-up lasts 100 "

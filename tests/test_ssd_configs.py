@@ -5,7 +5,7 @@ import os
 import time
 
 import pytest
-from conftest import D2_MISSING, TINY, read_metrics, run_train_net, save_random_weights
+from conftest import D2_MISSING, TINY, read_metrics, run_cli, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -91,13 +91,13 @@ def test_shapes_pair_shares_the_prior_layout_and_sizes():
     assert s.dataloader.test.mapper.augmentations[-1].shape == (128, 128)
 
 
-def test_train_net_runs_the_shapes_distillation(tmp_path):
+def test_train_net_runs_the_shapes_distillation(tmp_path, train_net, capfd):
     save_random_weights("configs/shapes/ssd_teacher.py", str(tmp_path / "t.pth"))
     out = str(tmp_path / "run")
-    proc = run_train_net(["--config-file", "configs/shapes/ssd_chen2017.py", *TINY, "train.max_iter=2",
-                          "train.eval_teacher=False", f"model.teacher.weights={tmp_path / 't.pth'}",
-                          f"train.output_dir={out}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, log = run_cli(train_net, capfd, ["--config-file", "configs/shapes/ssd_chen2017.py", *TINY, "train.max_iter=2",
+                                              "train.eval_teacher=False", f"model.teacher.weights={tmp_path / 't.pth'}",
+                                              f"train.output_dir={out}"])
+    assert code == 0, log[-3000:]
     rows = [r for r in read_metrics(out) if "loss_kd_chen2017_soft" in r]
     assert rows and all(np.isfinite(r["total_loss"]) for r in rows)
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
