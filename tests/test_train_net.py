@@ -105,7 +105,7 @@ def test_default_predictor_serves_the_trained_model(trained):
     assert len(result) > 0 and result.has("pred_boxes") and result.has("scores")
 
 
-def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
+def test_resume_continues_from_the_last_checkpoint(trained, tmp_path, train_net, capfd):
     out, _ = trained
     # Simulate a run stopped right after the iteration-15 checkpoint.
     resumed = str(tmp_path / "resumed")
@@ -113,9 +113,9 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
     shutil.copy(os.path.join(out, "model_0000014.pth"), resumed)
     with open(os.path.join(resumed, "last_checkpoint"), "w") as f:
         f.write("model_0000014.pth")
-    proc = run_train_net(["--config-file", CONFIG, "--resume", *RUN, f"train.output_dir={resumed}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Starting training from iteration 15" in proc.stderr + proc.stdout
+    code, _, log = run_cli(train_net, capfd, ["--config-file", CONFIG, "--resume", *RUN, f"train.output_dir={resumed}"])
+    assert code == 0, log[-3000:]
+    assert "Starting training from iteration 15" in log
     iters = [r["iteration"] for r in read_metrics(resumed) if "total_loss" in r]
     assert iters[0] == 15 and iters[-1] == 29
 
