@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from conftest import D2_MISSING, save_random_weights
+from conftest import D2_MISSING
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -23,12 +23,13 @@ from d2kd.distill.base import DISTILLER_REGISTRY  # noqa: E402
 from d2kd.distill.cwd import CWD, cwd_loss  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
 
-# shared helpers: PKD's tests (fake models, shapes, numpy standardisation) and the fake COCO tree
+# shared helpers: the feature methods' (fake models, shapes configs), PKD's numpy standardisation, the fake COCO tree
+from feature_kd_helpers import RCNN_STUDENT, RETINA_TEACHER, build_shapes, fake_models, random_teachers, shapes  # noqa: E402
 from test_coco_configs_gkd import _save_random_weights as save_small_gamma_weights  # noqa: E402
 from test_coco_configs_gkd import _tiny as tiny_coco  # noqa: E402
 from test_coco_configs_gkd import _train as train_coco  # noqa: E402
 from test_coco_configs_gkd import fake_coco  # noqa: E402,F401
-from test_pkd import RCNN_STUDENT, RETINA_TEACHER, fake_models, numpy_standardize, shapes  # noqa: E402
+from test_pkd import numpy_standardize  # noqa: E402
 
 torch.set_num_threads(1)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,25 +161,13 @@ CONFIGS = {"faster_rcnn_cwd": ("faster_rcnn_teacher", ["p2", "p3", "p4", "p5", "
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("teachers")
-    out = {}
-    for name, _ in CONFIGS.values():
-        out[name] = str(tmp / f"{name}.pth")
-        save_random_weights(f"configs/shapes/{name}.py", out[name])
-    return out
+    return random_teachers(tmp_path_factory, [teacher for teacher, _ in CONFIGS.values()])
 
 
 def build(config, teachers):
-    cfg = LazyConfig.load(f"configs/shapes/{config}.py")
-    cfg = LazyConfig.apply_overrides(
-        cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train",
-              "dataloader.train.num_workers=0"]
-    )
-    teacher = CONFIGS[config][0]
-    assert cfg.model.teacher.config_file == f"configs/shapes/{teacher}.py"
-    cfg.model.teacher.weights = teachers[teacher]
-    torch.manual_seed(0)
-    return cfg, instantiate(cfg.model).train()
+    cfg, model = build_shapes(config, teachers)
+    assert cfg.model.teacher.config_file == f"configs/shapes/{CONFIGS[config][0]}.py"
+    return cfg, model
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))

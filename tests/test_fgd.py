@@ -8,32 +8,24 @@ from conftest import D2_MISSING
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
 import math  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: E402,F401
 from d2kd.distill.fgd import FGD, ContextBlock, fgd_attention, fgd_masks  # noqa: E402
-from d2kd.export import student_model_config, student_state_dict  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
+from feature_kd_helpers import assert_export_strips_the_distillers, build_shapes, fake_models, random_teachers  # noqa: E402
 from test_coco_configs_gkd import TRAIN, _save_random_weights, fake_coco  # noqa: E402,F401
 
 torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- helpers
-def fake_models(s_shapes, t_shapes):
-    s = {f: ShapeSpec(channels=c, stride=st) for f, (c, st) in s_shapes.items()}
-    t = {f: ShapeSpec(channels=c, stride=st) for f, (c, st) in t_shapes.items()}
-    return SimpleNamespace(backbone=SimpleNamespace(output_shape=lambda: s)), SimpleNamespace(output_shape=lambda: t)
-
-
 def records(s_feats, t_feats, gt_boxes, image_sizes, padded):
     n = len(gt_boxes)
     gts = []
@@ -286,24 +278,12 @@ def test_defaults_arguments_and_build_errors():
 # ----------------------------------------------------------------------------- full models
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    out = {}
-    tmp = tmp_path_factory.mktemp("teachers")
-    for det in ("retinanet", "faster_rcnn"):
-        torch.manual_seed(0)
-        m = instantiate(LazyConfig.load(f"configs/shapes/{det}_teacher.py").model)
-        path = tmp / f"{det}.pth"
-        torch.save({"model": m.state_dict()}, path)
-        out[det] = str(path)
-    return out
+    return random_teachers(tmp_path_factory)
 
 
 @pytest.mark.parametrize("config,levels", [("retinanet_fgd", ["p3", "p4", "p5"]), ("faster_rcnn_fgd", ["p2", "p3", "p4", "p5"])])
 def test_shapes_config_two_iterations_gradients_and_export(config, levels, teachers):
-    cfg = LazyConfig.load(f"configs/shapes/{config}.py")
-    cfg = LazyConfig.apply_overrides(cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train"])
-    cfg.model.teacher.weights = teachers["retinanet" if config.startswith("retinanet") else "faster_rcnn"]
-    torch.manual_seed(0)
-    model = instantiate(cfg.model).train()
+    cfg, model = build_shapes(config, teachers)
     (d,) = model.distillers
     assert isinstance(d, FGD) and d.in_features == levels and set(d.align) == set(levels)  # 32 -> 128 ch
     loader = iter(instantiate(cfg.dataloader.train))
@@ -326,11 +306,7 @@ def test_shapes_config_two_iterations_gradients_and_export(config, levels, teach
                 opt.zero_grad()
             sum(losses.values()).backward()
             opt.step()
-    state = student_state_dict(model.state_dict())
-    assert any(k.startswith("distillers.0.context_teacher.") for k in model.state_dict())
-    assert not any(k.startswith("distillers.") or "context_" in k for k in state)
-    result = instantiate(student_model_config(cfg.model)).load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    assert_export_strips_the_distillers(cfg, model, "context_teacher")
 
 
 # ----------------------------------------------------------------------------- COCO

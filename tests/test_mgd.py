@@ -7,13 +7,11 @@ from conftest import D2_MISSING
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
 import os  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
@@ -21,21 +19,14 @@ import d2kd  # noqa: E402,F401
 import d2kd.distill.mgd as mgd_module  # noqa: E402
 from d2kd.distill.base import feature_levels  # noqa: E402
 from d2kd.distill.mgd import MGD, mgd_keep_mask  # noqa: E402
-from d2kd.export import student_model_config, student_state_dict  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
+from feature_kd_helpers import TINY_TRAIN, assert_export_strips_the_distillers, build_shapes, fake_models, random_teachers  # noqa: E402
 from test_coco_configs_gkd import TRAIN, VAL, _save_random_weights, fake_coco  # noqa: E402,F401
 
 torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- helpers
-def fake_models(s_shapes, t_shapes):
-    """A student (features only) and a teacher with the given {level: (channels, stride)}."""
-    s = {f: ShapeSpec(channels=c, stride=st) for f, (c, st) in s_shapes.items()}
-    t = {f: ShapeSpec(channels=c, stride=st) for f, (c, st) in t_shapes.items()}
-    return SimpleNamespace(backbone=SimpleNamespace(output_shape=lambda: s)), SimpleNamespace(output_shape=lambda: t)
-
-
 def records(s_feats, t_feats):
     n = next(iter(s_feats.values())).shape[0]
     images = ImageList(torch.zeros(n, 3, 32, 32), [(32, 32)] * n)
@@ -165,8 +156,9 @@ def test_default_levels_are_the_shared_strides_and_bad_levels_are_refused():
     d = MGD()
     d.bind(*fake_models(frcnn, retina))  # a RetinaNet teacher for a Faster R-CNN student
     assert d.in_features == ["p3", "p4", "p5", "p6"]
-    spec = lambda shapes: {f: ShapeSpec(channels=c, stride=st) for f, (c, st) in shapes.items()}  # noqa: E731
-    assert feature_levels("X", None, spec(retina), spec(frcnn)) == ["p3", "p4", "p5", "p6"]  # the student's order
+    retina_student, frcnn_teacher = fake_models(retina, frcnn)
+    assert feature_levels("X", None, retina_student.backbone.output_shape(), frcnn_teacher.output_shape()) == [
+        "p3", "p4", "p5", "p6"]  # the student's order
     with pytest.raises(ValueError, match=r"'p2' is missing from the teacher.*student \{.*p2.*teacher \{.*p7"):
         MGD(in_features=["p2"]).bind(*fake_models(frcnn, retina))
     with pytest.raises(ValueError, match=r"stride 16 in the student but 8 in the teacher \(student \{p4: stride 16, 32 ch\}, teacher \{p4: stride 8, 128 ch\}\)"):
@@ -185,34 +177,14 @@ def test_a_spatial_mismatch_names_both_shapes():
 # ----------------------------------------------------------------------------- full models
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    out = {}
-    tmp = tmp_path_factory.mktemp("teachers")
-    for det in ("retinanet", "faster_rcnn"):
-        torch.manual_seed(0)
-        m = instantiate(LazyConfig.load(f"configs/shapes/{det}_teacher.py").model)
-        path = tmp / f"{det}.pth"
-        torch.save({"model": m.state_dict()}, path)
-        out[det] = str(path)
-    return out
-
-
-def build(config, teachers, teacher=None):
-    cfg = LazyConfig.load(f"configs/shapes/{config}.py")
-    cfg = LazyConfig.apply_overrides(
-        cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train"]
-    )
-    teacher = teacher or ("retinanet" if config.startswith("retinanet") else "faster_rcnn")
-    cfg.model.teacher.config_file = f"configs/shapes/{teacher}_teacher.py"
-    cfg.model.teacher.weights = teachers[teacher]
-    torch.manual_seed(0)
-    return cfg, instantiate(cfg.model).train()
+    return random_teachers(tmp_path_factory)
 
 
 @pytest.mark.parametrize(
     "config,levels,lam", [("retinanet_mgd", ["p3", "p4", "p5"], 0.65), ("faster_rcnn_mgd", ["p2", "p3", "p4", "p5"], 0.45)]
 )
 def test_shapes_config_two_iterations_gradients_and_export(config, levels, lam, teachers):
-    cfg, model = build(config, teachers)
+    cfg, model = build_shapes(config, teachers)
     (d,) = model.distillers
     assert isinstance(d, MGD) and d.in_features == levels and d.lambda_mgd == lam
     loader = iter(instantiate(cfg.dataloader.train))
@@ -233,21 +205,15 @@ def test_shapes_config_two_iterations_gradients_and_export(config, levels, lam, 
             sum(losses.values()).backward()
             opt.step()
     # export: the student's state without the distiller's align and generation convs
-    state = student_state_dict(model.state_dict())
-    assert not any(k.startswith("distillers.") or "generation" in k for k in state)
-    assert any(k.startswith("distillers.0.generation.") for k in model.state_dict())
-    stock = instantiate(student_model_config(cfg.model))
-    result = stock.load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    assert_export_strips_the_distillers(cfg, model, "generation")
 
 
 def test_cross_family_retinanet_teacher_for_a_faster_rcnn_student(teachers):
     """Default levels: P3-P6, the ones a RetinaNet teacher (P3-P7) and a Faster R-CNN student
     (P2-P6) share; one step runs."""
-    cfg = LazyConfig.load("configs/shapes/faster_rcnn_mgd.py")
-    cfg = LazyConfig.apply_overrides(cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train"])
+    cfg = LazyConfig.apply_overrides(LazyConfig.load("configs/shapes/faster_rcnn_mgd.py"), TINY_TRAIN)
     cfg.model.teacher.config_file = "configs/shapes/retinanet_teacher.py"
-    cfg.model.teacher.weights = teachers["retinanet"]
+    cfg.model.teacher.weights = teachers["retinanet_teacher"]
     cfg.model.distillers[0].in_features = None
     model = instantiate(cfg.model).train()
     assert model.distillers[0].in_features == ["p3", "p4", "p5", "p6"]

@@ -3,10 +3,9 @@ correlation), its edge cases, the build-time level checks shared with CWD, and t
 COCO configs (two iterations with random teachers, gradients, export)."""
 import os
 import time
-from types import SimpleNamespace
 
 import pytest
-from conftest import D2_MISSING, save_random_weights
+from conftest import D2_MISSING
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -15,7 +14,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.structures import ImageList  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
@@ -24,6 +22,7 @@ from d2kd.distill.base import DISTILLER_REGISTRY  # noqa: E402
 from d2kd.distill.base import feature_levels  # noqa: E402
 from d2kd.distill.pkd import PKD, pkd_loss, pkd_standardize  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
+from feature_kd_helpers import RCNN_STUDENT, RETINA_TEACHER, build_shapes, fake_models, random_teachers, shapes  # noqa: E402
 
 # the fake COCO tree and helpers of the GKD COCO test (the same test-only datasets)
 from test_coco_configs_gkd import _save_random_weights as save_small_gamma_weights  # noqa: E402
@@ -52,22 +51,6 @@ def numpy_standardize(x):
 def numpy_pkd(s, t):
     a, b = numpy_standardize(s), numpy_standardize(t)
     return 0.5 * ((a - b) ** 2).sum() / a.size
-
-
-def shapes(levels, channels, strides):
-    return {f: ShapeSpec(channels=c, stride=s) for f, c, s in zip(levels, channels, strides)}
-
-
-def fake_models(s_shapes, t_shapes):
-    """A student of no known family (its record layout is its backbone's output shapes) and a
-    teacher with ``output_shape``."""
-    student = SimpleNamespace(backbone=SimpleNamespace(output_shape=lambda: s_shapes))
-    teacher = SimpleNamespace(output_shape=lambda: t_shapes)
-    return student, teacher
-
-
-RCNN_STUDENT = shapes(["p2", "p3", "p4", "p5", "p6"], [32] * 5, [4, 8, 16, 32, 64])
-RETINA_TEACHER = shapes(["p3", "p4", "p5", "p6", "p7"], [128] * 5, [8, 16, 32, 64, 128])
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -205,24 +188,13 @@ TEACHER_OF = {
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("teachers")
-    out = {}
-    for name in sorted(set(TEACHER_OF.values())):
-        out[name] = str(tmp / f"{name}.pth")
-        save_random_weights(f"configs/shapes/{name}.py", out[name])
-    return out
+    return random_teachers(tmp_path_factory, sorted(set(TEACHER_OF.values())))
 
 
 def build(config, teachers):
-    cfg = LazyConfig.load(f"configs/shapes/{config}.py")
-    cfg = LazyConfig.apply_overrides(
-        cfg, ["dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=shapes_tiny_train",
-              "dataloader.train.num_workers=0"]
-    )
+    cfg, model = build_shapes(config, teachers)
     assert cfg.model.teacher.config_file == f"configs/shapes/{TEACHER_OF[config]}.py"
-    cfg.model.teacher.weights = teachers[TEACHER_OF[config]]
-    torch.manual_seed(0)
-    return cfg, instantiate(cfg.model).train()
+    return cfg, model
 
 
 @pytest.mark.parametrize("config", list(TEACHER_OF))
