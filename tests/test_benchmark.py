@@ -3,10 +3,13 @@
 One module-scoped benchmark run (RetinaNet + FitNet, 1 seed, 2 iterations, the tiny shapes
 splits, a teacher trained for 2 iterations into a temporary folder) is shared by the tests.
 """
+import functools
+import importlib.util
 import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -24,14 +27,43 @@ MICRO = [
 ]
 
 
+def _args(tmp, *extra):
+    return ["--methods", "fitnet", "--detectors", "retinanet", "--seeds", "0", "--iters", "2", "--evals", "1",
+            "--jobs", "2", "--output", str(tmp / "bench"), "--teacher-root", str(tmp / "teachers"),
+            "--overhead-iters", "2", "--overhead-warmup", "1", "--memory-iters", "1", "--no-cost",
+            "--heartbeat", "1000", *MICRO, *extra]
+
+
 def _benchmark(tmp, *extra, timeout=900):
-    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--methods", "fitnet",
-           "--detectors", "retinanet", "--seeds", "0", "--iters", "2", "--evals", "1", "--jobs", "2",
-           "--output", str(tmp / "bench"), "--teacher-root", str(tmp / "teachers"),
-           "--overhead-iters", "2", "--overhead-warmup", "1", "--memory-iters", "1", "--no-cost",
-           "--heartbeat", "1000", *MICRO, *extra]
+    """The command line, ``python tools/benchmark.py ...``, in a process of its own."""
+    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), *_args(tmp, *extra)]
     env = tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@functools.lru_cache(maxsize=None)
+def _tool():
+    """tools/benchmark.py as a module: ``main(argv)`` is its command line, run in this process
+    (no interpreter and detectron2 start per call; its jobs are still subprocesses)."""
+    spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def _main(capsys, monkeypatch, argv):
+    """``_tool().main(argv)`` with the environment ``_benchmark`` gives its process (the jobs
+    inherit it) and the SIGTERM handler main() installs put back; returns its stdout."""
+    for key, value in tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore").items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    capsys.readouterr()  # what came before is not this call's
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        _tool().main(list(argv))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -154,30 +186,33 @@ def test_cost_of_teacher_and_student():
     assert cost[t]["latency_ms"] > 0 and cost[s]["latency_ms"] > 0
 
 
-def test_second_call_reuses_teacher_and_runs(bench):
+def test_second_call_reuses_teacher_and_runs(bench, capsys, monkeypatch):
+    """The same command again (here main(argv) in this process: the reuse is the plan's and the
+    Scheduler's, whatever process runs them; the fixture ran the command line itself)."""
     tmp, _ = bench
     weights = tmp / "teachers" / "retinanet_teacher" / "model_final.pth"
     mtime = weights.stat().st_mtime
-    second = _benchmark(tmp)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "reusing" in second.stdout and str(weights) in second.stdout
-    assert "start teacher:" not in second.stdout and "start teacher_eval:" not in second.stdout
+    second = _main(capsys, monkeypatch, _args(tmp))
+    assert "reusing" in second and str(weights) in second
+    assert "start teacher:" not in second and "start teacher_eval:" not in second
     assert weights.stat().st_mtime == mtime
     # finished student runs with the same command line are reused too
-    assert "start kd:" not in second.stdout and "reused kd:retinanet:fitnet:s0" in second.stdout
+    assert "start kd:" not in second and "reused kd:retinanet:fitnet:s0" in second
     res = json.loads((tmp / "bench" / "results.json").read_text())
     assert res["detectors"]["retinanet"]["teacher"]["reused"] is True
+    assert {r["status"] for r in res["runs"]} == {"reused"}, res["runs"]
     # a teacher replaced at the same path: what used it runs again, the plain baseline does not
     os.utime(weights, (mtime + 10, mtime + 10))
-    # (and a config that now says 7 teacher iterations: the table reports the 2 the weights had)
-    third = _benchmark(tmp, "--teacher-set", "train.max_iter=7", "--no-estimate")
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    # (and a config that now says 7 teacher iterations: the table reports the 2 the weights had;
+    # no equal-wall-clock run, which reads no teacher and nothing here asserts on)
+    third = _main(capsys, monkeypatch, _args(tmp, "--teacher-set", "train.max_iter=7", "--no-estimate", "--no-wallclock"))
     res = json.loads((tmp / "bench" / "results.json").read_text())
     assert res["detectors"]["retinanet"]["teacher"]["iters"] == 2
-    assert "start kd:retinanet:fitnet:s0" in third.stdout and "start overhead:retinanet:fitnet" in third.stdout
-    assert "start memory:configs_shapes_retinanet_fitnet.py" in third.stdout
-    assert "reused baseline:retinanet:default:s0" in third.stdout
-    assert "start teacher_eval:" in third.stdout  # its cached score was for the old file
+    assert "start kd:retinanet:fitnet:s0" in third and "start overhead:retinanet:fitnet" in third
+    assert "start memory:configs_shapes_retinanet_fitnet.py" in third
+    assert "reused baseline:retinanet:default:s0" in third
+    assert "start teacher_eval:" in third  # its cached score was for the old file
+    assert all(r["status"] in ("done", "reused") for r in res["runs"]), res["runs"]
 
 
 def test_visualize_predictions_from_benchmark(bench):
@@ -217,42 +252,44 @@ def test_registry_skips_missing_configs_and_discovers_new_ones(tmp_path):
     assert adl[0].baseline.endswith("retinanet_student_500.py")
 
 
-def test_semi_supervised_runs_wait_for_the_teachers_pseudo_labels(tmp_path):
+def _list(capsys, *argv):
+    """``tools/benchmark.py ARGV --list`` run as main(argv) in this process (it returns before
+    any job or signal handler); its stdout. The command line's --list is
+    tests/test_tools_layout.py's."""
+    capsys.readouterr()
+    assert _tool().main([*argv, "--list"]) == {}
+    return capsys.readouterr().out
+
+
+def test_semi_supervised_runs_wait_for_the_teachers_pseudo_labels(tmp_path, capsys):
     """SAD's config reads the teacher's pseudo-labels: the plan writes them (after the teacher,
     with tools/pseudo_label.py over the unlabeled split) before the runs and measurements that
     read them."""
-    r = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "adl_semi",
-         "--seeds", "0", "--list", "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers")],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=tool_env(PYTHONWARNINGS="ignore"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", r.stdout, flags=re.M))
+    out = _list(capsys, "--detectors", "retinanet", "--methods", "adl_semi", "--seeds", "0",
+                "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers"))
+    deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", out, flags=re.M))
     pl = "pseudo_labels:shapes_unlabeled_retinanet_teacher.json"
     assert deps[pl] == "['teacher:retinanet_teacher']"
     for job in ("kd:retinanet:adl_semi:s0", "overhead:retinanet:adl_semi", "memory:configs_shapes_retinanet_adl_semi.py"):
         assert pl in deps[job], (job, deps[job])
     assert pl not in deps["baseline:retinanet:student_500:s0"]
-    cmd = r.stdout[r.stdout.index(f"  {pl}"):].splitlines()[1]
+    cmd = out[out.index(f"  {pl}"):].splitlines()[1]
     assert "tools/pseudo_label.py" in cmd and "--source shapes_unlabeled" in cmd
     assert f"--weights {tmp_path / 'teachers' / 'retinanet_teacher' / 'model_final.pth'}" in cmd
 
 
-def _list_plan(tmp_path, *extra):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "lshfm_l2",
-         "--seeds", "0", "1", "--list", "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers"),
-         *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=tool_env(PYTHONWARNINGS="ignore"))
+def _list_plan(capsys, tmp_path, *extra):
+    return _list(capsys, "--detectors", "retinanet", "--methods", "lshfm_l2", "--seeds", "0", "1",
+                 "--output", str(tmp_path / "bench"), "--teacher-root", str(tmp_path / "teachers"), *extra)
 
 
-def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
+def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path, capsys):
     """LSHFM's RetinaNet runs and their baseline start from the tower-128 student's checkpoint
     (train.init_checkpoint): the plan trains it once, with its own config, before every run and
     measurement that loads it; a checkpoint that no config makes is an error naming it."""
     init = tmp_path / "retinanet_student_tower128" / "model_final.pth"
-    r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={init}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", r.stdout, flags=re.M))
+    out = _list_plan(capsys, tmp_path, "--student-set", f"train.init_checkpoint={init}")
+    deps = dict(re.findall(r"^  (\S+)  deps=(\[.*\])$", out, flags=re.M))
     assert deps["init:retinanet_student_tower128"] == "[]"
     for job in ("baseline:retinanet:student_tower128_finetune:s0", "baseline:retinanet:student_tower128_finetune:s1",
                 "kd:retinanet:lshfm_l2:s0", "kd:retinanet:lshfm_l2:s1", "overhead:retinanet:lshfm_l2",
@@ -261,21 +298,22 @@ def test_runs_from_a_student_checkpoint_wait_for_it(tmp_path):
         assert "init:retinanet_student_tower128" in deps[job], (job, deps[job])
     assert "init:retinanet_student_tower128" not in deps["teacher:retinanet_teacher"]
     # the teacher trains with a fixed seed (the configs' -1 draws a new one per run)
-    tcmd = r.stdout[r.stdout.index("  teacher:retinanet_teacher"):].splitlines()[1]
+    tcmd = out[out.index("  teacher:retinanet_teacher"):].splitlines()[1]
     assert "--config-file configs/shapes/retinanet_teacher.py train.seed=0 " in tcmd
-    cmd = r.stdout[r.stdout.index("  init:retinanet_student_tower128"):].splitlines()[1]
+    cmd = out[out.index("  init:retinanet_student_tower128"):].splitlines()[1]
     assert "--config-file configs/shapes/retinanet_student_tower128.py train.seed=0" in cmd
     assert f"train.output_dir={init.parent}" in cmd
     # present: reused, nothing trained for it
     init.parent.mkdir()
     init.write_bytes(b"")
-    r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={init}")
-    assert r.returncode == 0 and "init:" not in r.stdout and f"starts from {init} (reused" in r.stdout
-    # missing and no config to make it
+    out = _list_plan(capsys, tmp_path, "--student-set", f"train.init_checkpoint={init}")
+    assert "init:" not in out and f"starts from {init} (reused" in out
+    # missing and no config to make it: the command stops with this error (uncaught: its
+    # traceback on stderr, exit status 1)
     bad = tmp_path / "nowhere" / "model_final.pth"
-    r = _list_plan(tmp_path, "--student-set", f"train.init_checkpoint={bad}")
-    assert r.returncode != 0
-    assert f"train.init_checkpoint={bad} does not exist and no configs/shapes/nowhere.py makes it" in r.stderr
+    with pytest.raises(FileNotFoundError) as err:
+        _list_plan(capsys, tmp_path, "--student-set", f"train.init_checkpoint={bad}")
+    assert f"train.init_checkpoint={bad} does not exist and no configs/shapes/nowhere.py makes it" in str(err.value)
 
 
 @pytest.mark.parametrize("method", ["fgfi", "gkd"])
@@ -313,11 +351,8 @@ def test_quick_time_target_reports_the_lower_bound_of_its_jobs():
     """The quick-mode time check states the call's total job time over its parallel slots (the
     wall-clock no schedule can beat), here the 2026-11-30 quick run's job times."""
     import argparse
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _tool()
     seconds = {"teacher": 712.8, "teacher_eval": 25.5, "baseline": 446.2, "overhead": 14.5, "distilled": 687.4,
                "wallclock": 720.9, "cost": 18.0}
     runs = [{"name": k, "kind": k, "status": "done", "seconds": v} for k, v in seconds.items()]
@@ -354,18 +389,20 @@ def test_overhead_times_an_autocast_teacher_against_fp32(tmp_path):
             f"for the same calls in fp32 (×{ratio:.2f})") in md
 
 
-def test_training_dtype_is_read_from_the_last_run_in_the_log(tmp_path):
+def test_training_dtype_is_read_from_the_last_run_in_the_log(tmp_path, train_net, capfd):
     """A folder trained under train.amp, then resumed in fp32: log.txt holds both runs, and the
-    reported dtype is the last one's."""
-    from conftest import TINY, run_train_net
+    reported dtype is the last one's. (train_net.py's command line run in this process, as
+    tests/test_distillation_core.py does; log.txt is what it writes either way.)"""
+    from conftest import TINY, run_cli
 
     from benchmarking.results import train_dtype
 
     assert train_dtype(str(tmp_path)) is None
     base = ["configs/shapes/faster_rcnn_student.py", *TINY, f"train.output_dir={tmp_path}", "train.checkpointer.period=1"]
-    first = run_train_net(["--config-file", *base, "train.max_iter=1", "train.amp.enabled=True"])
-    assert first.returncode == 0, first.stderr[-2000:]
+    code, _, log = run_cli(train_net, capfd, ["--config-file", *base, "train.max_iter=1", "train.amp.enabled=True"])
+    assert code == 0, log[-2000:]
     assert train_dtype(str(tmp_path)) == "bfloat16"
-    second = run_train_net(["--resume", "--config-file", *base, "train.max_iter=2"])
-    assert second.returncode == 0, second.stderr[-2000:]
+    code, _, log = run_cli(train_net, capfd, ["--resume", "--config-file", *base, "train.max_iter=2"])
+    assert code == 0, log[-2000:]
+    assert "Starting training from iteration 1" in log  # resumed: the same log.txt holds both runs
     assert train_dtype(str(tmp_path)) == "float32"

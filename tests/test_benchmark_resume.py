@@ -127,29 +127,43 @@ def test_eta_of_a_resumed_job_counts_from_where_it_resumed(tmp_path):
 
 
 def test_killed_benchmark_resumes_its_teacher_without_stale_metrics(tmp_path):
-    """End to end: SIGTERM to the benchmark while its teacher trains (30 iterations, a checkpoint
-    every 3), then the same command again. The first call stops its running jobs on the way out;
-    the second resumes the teacher from its checkpoint (train_net.py --resume), and the teacher's
-    metrics.json holds each iteration once, with no row of the killed run after the checkpoint."""
+    """End to end: SIGTERM to the benchmark while its teacher trains (40 iterations, a checkpoint
+    every 4), after its baseline (2 jobs in parallel; the one job that needs no teacher) finished,
+    then the same command again. The first call stops its running jobs on the way out; the second
+    reuses the finished baseline, resumes the teacher from its checkpoint (train_net.py --resume),
+    and the teacher's metrics.json holds each iteration once, with no row of the killed run after
+    the checkpoint."""
     pytest.importorskip("detectron2", reason=D2_MISSING)
     teachers, out = tmp_path / "teachers", tmp_path / "bench"
     cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--detectors", "retinanet", "--methods", "fitnet",
-           "--seeds", "0", "--iters", "1", "--evals", "1", "--jobs", "1", "--no-wallclock", "--no-cost", "--no-memory",
+           "--seeds", "0", "--iters", "1", "--evals", "1", "--jobs", "2", "--no-wallclock", "--no-cost", "--no-memory",
            "--no-estimate", "--overhead-iters", "1", "--overhead-warmup", "0", "--heartbeat", "1000",
            "--output", str(out), "--teacher-root", str(teachers),
            "--set", "dataloader.train.dataset.names=shapes_tiny_train", "dataloader.test.dataset.names=shapes_tiny_val",
            "dataloader.train.total_batch_size=2", "train.log_period=1", "model.test_score_thresh=0.0",
-           "--teacher-set", "train.max_iter=30"]
+           "--teacher-set", "train.max_iter=40"]  # the baseline finishes at about the teacher's 12th iteration
     env = tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     tdir = teachers / "retinanet_teacher"
+    baseline_done = out / "runs" / "retinanet" / "baseline" / "seed0" / "benchmark_done.json"
+
+    def stoppable():
+        """The baseline is done, and the teacher wrote a metrics row after its newest checkpoint."""
+        if not baseline_done.exists() or not (tdir / "last_checkpoint").exists():
+            return False
+        name = (tdir / "last_checkpoint").read_text().strip()
+        rows = _rows(tdir / "metrics.json") if (tdir / "metrics.json").exists() else []
+        if not name.startswith("model_0") or not rows:  # (being written; or model_final.pth: too late)
+            return name == "model_final.pth"
+        return rows[-1]["iteration"] > int(name[len("model_"):-len(".pth")])
+
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and first.poll() is None:  # until a checkpoint and a row after it
-        rows = _rows(tdir / "metrics.json") if (tdir / "metrics.json").exists() else []
-        if (tdir / "last_checkpoint").exists() and rows and rows[-1]["iteration"] >= 7:
-            break
+    while time.time() < deadline and first.poll() is None and not stoppable():
         time.sleep(0.05)
-    assert first.poll() is None, "the teacher finished before it could be stopped: " + first.stdout.read()[-2000:]
+    if first.poll() is not None or (tdir / "model_final.pth").exists() or not baseline_done.exists():
+        first.kill()
+        pytest.fail("the teacher finished before it could be stopped, or the baseline did not finish within 240 s: "
+                    + first.communicate()[0][-2000:])
     first.send_signal(signal.SIGTERM)
     stdout = first.communicate(timeout=60)[0]
     assert first.returncode == 128 + signal.SIGTERM, stdout[-3000:]
@@ -163,13 +177,14 @@ def test_killed_benchmark_resumes_its_teacher_without_stale_metrics(tmp_path):
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "reused baseline:retinanet:default:s0" in second.stdout  # finished before the kill: kept
     assert f"[benchmark] teacher:retinanet_teacher resumes from {ckpt} (iteration {resumed_at}) of its own unfinished run" \
         in second.stdout
     log = (tdir / "benchmark_job.log").read_text()
     assert "--resume" in log and f"Resumed from {tdir / ckpt} at iteration {resumed_at}" in log
     rows = _rows(tdir / "metrics.json")
     train_its = [r["iteration"] for r in rows if "total_loss" in r]
-    assert train_its == list(range(30)), train_its  # each once, in order: no killed run's row, no gap
+    assert train_its == list(range(40)), train_its  # each once, in order: no killed run's row, no gap
     assert "bbox/AP" in rows[-1]
     # the finished teacher keeps model_final.pth only; the distilled run used it
     assert sorted(p.name for p in tdir.glob("model_*.pth")) == ["model_final.pth"]
