@@ -51,7 +51,8 @@ from detectron2.config import LazyConfig
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.export import TracingAdapter
-from detectron2.modeling import GeneralizedRCNN, RetinaNet, detector_postprocess
+from detectron2.modeling import GeneralizedRCNN, detector_postprocess
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, Instances
 
 from .config import config_test_resize
@@ -86,12 +87,12 @@ def _detections(model: nn.Module, image: torch.Tensor) -> Tuple[torch.Tensor, to
         inst = model.inference(inputs, do_postprocess=False)[0]
     elif isinstance(model, SSD):
         inst = model.forward_inference(inputs, do_postprocess=False)[0]
-    elif isinstance(model, RetinaNet):
+    elif isinstance(model, DenseDetector):  # RetinaNet, FCOS: one-stage heads over anchors or points
         inst = model(inputs)[0]["instances"]  # postprocessed to the input's own size: clipped
     else:
         raise DeployError(f"cannot export a {type(model).__name__} (the student's model): TorchScript/ONNX "
-                          f"export covers GeneralizedRCNN (Faster R-CNN), RetinaNet and d2kd's SSD; "
-                          f"{EAGER_ROUTE}")
+                          f"export covers GeneralizedRCNN (Faster R-CNN), Detectron2's dense detectors "
+                          f"(RetinaNet, FCOS) and d2kd's SSD; {EAGER_ROUTE}")
     return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
 
 

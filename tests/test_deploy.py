@@ -1,5 +1,5 @@
 """Deploying the student (d2kd/deploy.py, d2kd/export.py): the exported ``student/`` folder is
-self-contained; TorchScript and ONNX exports of tiny Faster R-CNN, RetinaNet and SSD students
+self-contained; TorchScript and ONNX exports of tiny Faster R-CNN, RetinaNet, FCOS and SSD students
 predict what the eager ``DefaultPredictor`` predicts; the runtimes' hints and refusals."""
 import os
 import shutil
@@ -22,6 +22,7 @@ STUDENTS = {
     "faster_rcnn": ("configs/shapes/faster_rcnn_student.py",
                     ["model.roi_heads.box_predictor.test_score_thresh=0.0"]),
     "ssd": ("configs/shapes/ssd_student.py", []),
+    "fcos": ("configs/shapes/fcos_student.py", ["model.test_score_thresh=0.0"]),
 }
 
 
@@ -36,6 +37,8 @@ def _export(name, folder):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        if name == "fcos":  # random left/top/right/bottom distances of either sign give empty boxes
+            model.head.bbox_pred.bias.fill_(1.0)
     torch.save({"model": model.state_dict()}, folder / "run.pth")
     return export_student(cfg, str(folder / "run.pth"), str(folder / "student"))
 
@@ -176,7 +179,8 @@ def test_export_of_an_unsupported_model_names_it_and_the_route_that_works(studen
         export_deployable(str(moved), ["torchscript"])
     message = str(refused.value)
     assert message.startswith("cannot export a ProposalNetwork (the student's model): TorchScript/ONNX export "
-                              "covers GeneralizedRCNN (Faster R-CNN), RetinaNet and d2kd's SSD;"), message
+                              "covers GeneralizedRCNN (Faster R-CNN), Detectron2's dense detectors (RetinaNet, "
+                              "FCOS) and d2kd's SSD;"), message
     assert "d2kd.export.build_predictor(<student>/predictor.yaml)" in message
     assert not os.path.exists(moved / "deploy" / "model.ts")
 
