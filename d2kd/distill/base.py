@@ -204,7 +204,7 @@ def feature_levels(method: str, in_features: Optional[Sequence[str]], student_sh
 
 def channel_adapters(student_shapes: Mapping, teacher_shapes: Mapping, levels: Sequence[str]) -> nn.ModuleDict:
     """A 1×1 conv (student → teacher channels, PyTorch's default init) for each level whose
-    channel counts differ: what PKD, CWD and MGD align channels with."""
+    channel counts differ: what PKD, CWD, MGD and FGD align channels with."""
     adapters = nn.ModuleDict()
     for level in levels:
         c_s, c_t = student_shapes[level].channels, teacher_shapes[level].channels
