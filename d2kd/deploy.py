@@ -16,7 +16,10 @@ writes ``RUN/student/deploy/model.ts`` (``torch.jit.trace`` through Detectron2's
   priors are constants of the trace).
 - outputs ``boxes`` (N x 4 float32, XYXY in pixels of the model input, i.e. the resized image),
   ``scores`` (N float32, descending per class after NMS), ``classes`` (N int64, indices into
-  ``class_names``).
+  ``class_names``); a Mask R-CNN student adds ``masks`` (N x 1 x M x M float32, the mask head's
+  probabilities inside each box, M = 28 by default), which the runtime pastes into the image at
+  ``mask_threshold`` 0.5, as ``GeneralizedRCNN``'s post-processing does. The sidecar's
+  ``output_names`` lists them in order.
 
 Runtime (:class:`DeployedModel`, and the ``predict`` command) applies ``DefaultPredictor``'s
 pre- and post-processing: resize, run, boxes scaled back to the original image
@@ -63,8 +66,9 @@ from .modeling.meta_arch.ssd import SSD
 FORMATS = {"torchscript": "model.ts", "onnx": "model.onnx"}
 #: ONNX opset of the exported models (RoIAlign with ``aligned=True`` needs 16 or later).
 ONNX_OPSET = 17
-#: The outputs of every exported model, in order.
+#: The outputs of every exported model, in order; a model with a mask head adds ``MASK_OUTPUT``.
 OUTPUT_NAMES = ("boxes", "scores", "classes")
+MASK_OUTPUT = "masks"
 #: What a missing ONNX dependency says.
 INSTALL_HINT = "pip install d2kd[deploy]"
 #: The route for a model these exports do not cover.
@@ -77,28 +81,40 @@ class DeployError(RuntimeError):
 
 
 # ---- export ------------------------------------------------------------------------------------
-def _detections(model: nn.Module, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(boxes, scores, classes)`` of one CHW float image, boxes in its own pixels."""
+def has_masks(model: nn.Module) -> bool:
+    """Whether the exported model has a ``masks`` output (an R-CNN student with a mask head)."""
+    return isinstance(model, GeneralizedRCNN) and bool(getattr(model.roi_heads, "mask_on", False))
+
+
+def output_names(model: nn.Module) -> Tuple[str, ...]:
+    return OUTPUT_NAMES + ((MASK_OUTPUT,) if has_masks(model) else ())
+
+
+def _detections(model: nn.Module, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``(boxes, scores, classes[, masks])`` of one CHW float image, boxes in its own pixels;
+    ``masks``: the mask head's N x 1 x M x M probabilities, not yet pasted into the image."""
     inputs = [{"image": image}]
     if isinstance(model, GeneralizedRCNN):
-        if getattr(model.roi_heads, "mask_on", False) or getattr(model.roi_heads, "keypoint_on", False):
-            raise DeployError(f"{type(model.roi_heads).__name__} with a mask or keypoint head: only boxes "
-                              f"are exported; {EAGER_ROUTE}")
+        if getattr(model.roi_heads, "keypoint_on", False):
+            raise DeployError(f"{type(model.roi_heads).__name__} with a keypoint head: boxes and masks "
+                              f"are exported, keypoints are not; {EAGER_ROUTE}")
         inst = model.inference(inputs, do_postprocess=False)[0]
+        if has_masks(model):
+            return inst.pred_boxes.tensor, inst.scores, inst.pred_classes, inst.pred_masks
     elif isinstance(model, SSD):
         inst = model.forward_inference(inputs, do_postprocess=False)[0]
     elif isinstance(model, DenseDetector):  # RetinaNet, FCOS: one-stage heads over anchors or points
         inst = model(inputs)[0]["instances"]  # postprocessed to the input's own size: clipped
     else:
         raise DeployError(f"cannot export a {type(model).__name__} (the student's model): TorchScript/ONNX "
-                          f"export covers GeneralizedRCNN (Faster R-CNN), Detectron2's dense detectors "
+                          f"export covers GeneralizedRCNN (Faster R-CNN, Mask R-CNN), Detectron2's dense detectors "
                           f"(RetinaNet, FCOS) and d2kd's SSD; {EAGER_ROUTE}")
     return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
 
 
 class ImageDetector(nn.Module):
     """The student as a function of one resized uint8 H x W x 3 image (the model's channel
-    order) to ``(boxes, scores, classes)``: the tensor-only signature that traces."""
+    order) to ``(boxes, scores, classes[, masks])``: the tensor-only signature that traces."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -173,7 +189,8 @@ def match_detections(a: Sequence, b: Sequence) -> float:
     return max(d.amin(1).max().item(), d.amin(0).max().item())
 
 
-def _export_one(fmt: str, adapter: TracingAdapter, image: torch.Tensor, path: str, fixed: bool):
+def _export_one(fmt: str, adapter: TracingAdapter, image: torch.Tensor, path: str, fixed: bool,
+                names: Sequence[str]):
     if fmt == "torchscript":
         traced = torch.jit.trace(adapter, (image,), check_trace=False)
         torch.jit.save(traced, path)
@@ -182,11 +199,11 @@ def _export_one(fmt: str, adapter: TracingAdapter, image: torch.Tensor, path: st
         import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as e:
         raise DeployError(f"ONNX export needs the onnx package: {INSTALL_HINT}") from e
-    dynamic = {n: {0: "detections"} for n in OUTPUT_NAMES}  # the count of detections varies
+    dynamic = {n: {0: "detections"} for n in names}  # the count of detections varies
     if not fixed:
         dynamic["image"] = {0: "height", 1: "width"}
     torch.onnx.export(adapter, (image,), path, opset_version=ONNX_OPSET, input_names=["image"],
-                      output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, dynamo=False)
+                      output_names=list(names), dynamic_axes=dynamic, dynamo=False)
 
 
 def export_deployable(student_dir: str, formats: Sequence[str] = tuple(FORMATS),
@@ -214,6 +231,7 @@ def export_deployable(student_dir: str, formats: Sequence[str] = tuple(FORMATS),
     adapter = TracingAdapter(ImageDetector(model), (resized,)).eval()
     with torch.no_grad():
         eager = adapter(resized)  # also: an unsupported model is refused here, before tracing
+    names = output_names(model)
     output_dir = output_dir or os.path.join(student_dir, "deploy")
     os.makedirs(output_dir, exist_ok=True)
     metadata = getattr(predictor, "metadata", None)
@@ -228,10 +246,15 @@ def export_deployable(student_dir: str, formats: Sequence[str] = tuple(FORMATS),
                               "pixel_std": model.pixel_std.flatten().tolist(), "where": "inside the model"},
             "size_divisibility": int(getattr(model.backbone, "size_divisibility", 0)),
         },
+        "output_names": list(names),
         "outputs": {
             "boxes": "float32 N x 4, XYXY in pixels of the model input (the resized image); "
                      "scale x by original_width / input_width and y likewise for the original image",
             "scores": "float32 N", "classes": "int64 N, index into class_names",
+            **({MASK_OUTPUT: "float32 N x 1 x M x M, the probability of each cell of the box's M x M grid "
+                             "being the object; paste each into its (scaled) box and threshold at 0.5 "
+                             "(detectron2.modeling.postprocessing.detector_postprocess does both)"}
+               if MASK_OUTPUT in names else {}),
         },
         "class_names": list(getattr(metadata, "thing_classes", []) or []),
     }
@@ -241,7 +264,7 @@ def export_deployable(student_dir: str, formats: Sequence[str] = tuple(FORMATS),
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # TracerWarnings: the checks below compare outputs
-                _export_one(fmt, adapter, resized, path, fixed)
+                _export_one(fmt, adapter, resized, path, fixed, names)
         except DeployError:
             raise
         except Exception as e:  # noqa: BLE001  (any tracing failure is reported the same way)
@@ -279,6 +302,7 @@ class DeployedModel:
             with open(path + ".json") as f:
                 sidecar = json.load(f)
         self.path, self.sidecar = path, sidecar
+        self.output_names = tuple(sidecar.get("output_names", OUTPUT_NAMES))
         self.format = "onnx" if path.endswith(".onnx") else "torchscript"
         self.input_format = sidecar["input"]["format"]
         self.aug = resize_augmentation(sidecar["input"]["resize"])
@@ -292,21 +316,29 @@ class DeployedModel:
             self.module = torch.jit.load(path, map_location="cpu").eval()
 
     def run_resized(self, image: np.ndarray) -> List[np.ndarray]:
-        """``[boxes, scores, classes]`` of an already resized image, in its pixels."""
+        """``[boxes, scores, classes(, masks)]`` (``self.output_names``) of an already resized
+        image, in its pixels."""
         if self.format == "onnx":
-            return self.session.run(list(OUTPUT_NAMES), {"image": np.ascontiguousarray(image)})
+            return self.session.run(list(self.output_names), {"image": np.ascontiguousarray(image)})
         with torch.no_grad():
             return [x.numpy() for x in self.module(torch.as_tensor(np.array(image)))]
+
+    def instances(self, resized: np.ndarray, height: int, width: int) -> Instances:
+        """The detections of an already resized image as ``DefaultPredictor`` returns them for
+        its ``height`` x ``width`` original: boxes scaled back, masks pasted into it."""
+        outputs = dict(zip(self.output_names, self.run_resized(resized)))
+        result = Instances(tuple(resized.shape[:2]))
+        result.pred_boxes = Boxes(torch.as_tensor(outputs["boxes"]))
+        result.scores = torch.as_tensor(outputs["scores"])
+        result.pred_classes = torch.as_tensor(outputs["classes"])
+        if MASK_OUTPUT in outputs:
+            result.pred_masks = torch.as_tensor(outputs[MASK_OUTPUT])
+        return detector_postprocess(result, height, width)
 
     def __call__(self, image: np.ndarray) -> Instances:
         height, width = image.shape[:2]
         resized = self.aug.get_transform(image).apply_image(image) if self.aug is not None else image
-        boxes, scores, classes = self.run_resized(resized)
-        result = Instances(tuple(resized.shape[:2]))
-        result.pred_boxes = Boxes(torch.as_tensor(boxes))
-        result.scores = torch.as_tensor(scores)
-        result.pred_classes = torch.as_tensor(classes)
-        return detector_postprocess(result, height, width)
+        return self.instances(resized, height, width)
 
 
 def draw(model: DeployedModel, path: str, score_thresh: float = 0.3) -> Tuple[np.ndarray, int]:
@@ -355,13 +387,8 @@ class _DatasetModel:
         outputs = []
         for x in batched_inputs:
             image = x["image"].permute(1, 2, 0).numpy().astype(np.uint8)
-            boxes, scores, classes = self.model.run_resized(image)
-            result = Instances(tuple(image.shape[:2]))
-            result.pred_boxes = Boxes(torch.as_tensor(boxes))
-            result.scores = torch.as_tensor(scores)
-            result.pred_classes = torch.as_tensor(classes)
             h, w = x.get("height", image.shape[0]), x.get("width", image.shape[1])
-            outputs.append({"instances": detector_postprocess(result, h, w)})
+            outputs.append({"instances": self.model.instances(image, h, w)})
         return outputs
 
 
@@ -369,8 +396,9 @@ def evaluate(student_dir: str, model_paths: Sequence[str] = (), *, dataset: Opti
              output_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Bounding-box metrics of the eager student and of each exported model in ``model_paths``,
     on the student's test set (or ``dataset``), with the same loader and the same evaluator
-    (``config.yaml``'s ``dataloader.test`` / ``dataloader.evaluator``, as ``--eval-only``).
-    Returns ``{"eager": {"AP": ...}, "<model path>": {...}}``."""
+    (``config.yaml``'s ``dataloader.test`` / ``dataloader.evaluator``, as ``--eval-only``), and
+    the mask metrics as ``segm/<name>`` where that evaluator scores masks.
+    Returns ``{"eager": {"AP": ..., "segm/AP": ...}, "<model path>": {...}}``."""
     from detectron2.config import instantiate
     from detectron2.evaluation import inference_on_dataset
 
@@ -385,9 +413,14 @@ def evaluate(student_dir: str, model_paths: Sequence[str] = (), *, dataset: Opti
     loader = instantiate(cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
     predictor = build_predictor(os.path.join(student_dir, "predictor.yaml"), device="cpu")
-    results = {"eager": dict(inference_on_dataset(predictor.model, loader, evaluator)["bbox"])}
+
+    def metrics(model) -> Dict[str, float]:
+        scores = inference_on_dataset(model, loader, evaluator)
+        return {**scores["bbox"], **{f"segm/{k}": v for k, v in scores.get("segm", {}).items()}}
+
+    results = {"eager": metrics(predictor.model)}
     for path in model_paths:
-        results[path] = dict(inference_on_dataset(_DatasetModel(DeployedModel(path)), loader, evaluator)["bbox"])
+        results[path] = metrics(_DatasetModel(DeployedModel(path)))
     return results
 
 
@@ -481,7 +514,8 @@ def main(argv=None):
         if args.command in ("export", "evaluate"):
             results = evaluate(args.student, models, dataset=args.dataset)
             for name, metrics in results.items():
-                print(f"{name}: AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}  AP75 {metrics['AP75']:.2f}")
+                masks = f"  mask AP {metrics['segm/AP']:.2f}" if "segm/AP" in metrics else ""
+                print(f"{name}: AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}  AP75 {metrics['AP75']:.2f}{masks}")
             return results
         return predict(args.model, args.input, args.output, args.score_thresh)
     except (DeployError, FileNotFoundError) as e:

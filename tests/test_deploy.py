@@ -1,6 +1,6 @@
 """Deploying the student (d2kd/deploy.py, d2kd/export.py): the exported ``student/`` folder is
-self-contained; TorchScript and ONNX exports of tiny Faster R-CNN, RetinaNet, FCOS and SSD students
-predict what the eager ``DefaultPredictor`` predicts; the runtimes' hints and refusals."""
+self-contained; TorchScript and ONNX exports of tiny Faster R-CNN, Mask R-CNN, RetinaNet, FCOS and SSD
+students predict what the eager ``DefaultPredictor`` predicts; the runtimes' hints and refusals."""
 import os
 import shutil
 
@@ -23,6 +23,8 @@ STUDENTS = {
                     ["model.roi_heads.box_predictor.test_score_thresh=0.0"]),
     "ssd": ("configs/shapes/ssd_student.py", []),
     "fcos": ("configs/shapes/fcos_student.py", ["model.test_score_thresh=0.0"]),
+    "mask_rcnn": ("configs/shapes/mask_rcnn_student.py",
+                  ["model.roi_heads.box_predictor.test_score_thresh=0.0"]),
 }
 
 
@@ -129,6 +131,24 @@ def test_exported_model_predicts_the_eager_students_detections(deployed, student
         # against its nearest counterpart
         np.testing.assert_allclose(np.sort(exported_arrays[1]), np.sort(eager_arrays[1]), atol=1e-4, rtol=0)
         assert match_detections(eager_arrays, exported_arrays) <= 1e-4
+        if name == "mask_rcnn":
+            _assert_same_pasted_masks(eager, exported)
+        else:
+            assert not exported.has("pred_masks")
+
+
+def _assert_same_pasted_masks(eager, exported):
+    """Each exported detection's mask, pasted into the original image by the runtime, against
+    the eager predictor's mask of the same detection (the one with the nearest box and score)."""
+    assert exported.pred_masks.shape == eager.pred_masks.shape == (len(eager), *eager.image_size)
+    assert exported.pred_masks.dtype == eager.pred_masks.dtype == torch.bool
+    assert eager.pred_masks.any(), "no mask pixel on: nothing compared"
+    key = lambda inst: torch.cat([inst.pred_boxes.tensor, inst.scores[:, None]], 1)  # noqa: E731
+    nearest = torch.cdist(key(exported), key(eager), p=float("inf")).argmin(1)
+    differing = (exported.pred_masks != eager.pred_masks[nearest]).sum().item()
+    # probabilities equal to 1e-4: only a pixel whose pasted probability is within that of the 0.5
+    # threshold may flip
+    assert differing <= 1e-4 * exported.pred_masks.numel(), differing
 
 
 def test_predict_cli_draws_a_png(deployed, tmp_path):
@@ -179,7 +199,7 @@ def test_export_of_an_unsupported_model_names_it_and_the_route_that_works(studen
         export_deployable(str(moved), ["torchscript"])
     message = str(refused.value)
     assert message.startswith("cannot export a ProposalNetwork (the student's model): TorchScript/ONNX export "
-                              "covers GeneralizedRCNN (Faster R-CNN), Detectron2's dense detectors (RetinaNet, "
+                              "covers GeneralizedRCNN (Faster R-CNN, Mask R-CNN), Detectron2's dense detectors (RetinaNet, "
                               "FCOS) and d2kd's SSD;"), message
     assert "d2kd.export.build_predictor(<student>/predictor.yaml)" in message
     assert not os.path.exists(moved / "deploy" / "model.ts")
@@ -196,6 +216,44 @@ def test_exported_models_score_the_eager_students_ap(deployed, students, tmp_pat
     for path in models:
         for metric in ("AP", "AP50", "AP75"):
             assert abs(results[path][metric] - results["eager"][metric]) <= 0.1, (path, results)
+
+
+def _register_own_detections_as_ground_truth(predictor, source, name, per_image=5):
+    """``name``: ``source``'s images annotated with ``predictor``'s own top detections (boxes,
+    classes, masks as RLE). A random student scores 0 mask AP on real labels, which any broken
+    export would match; on its own detections it scores well above 0."""
+    import pycocotools.mask as mask_util
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.detection_utils import read_image
+    from detectron2.structures import BoxMode
+
+    dicts = []
+    for record in DatasetCatalog.get(source):
+        with torch.no_grad():
+            inst = predictor(read_image(record["file_name"], format=predictor.input_format))["instances"]
+        inst = inst[inst.pred_masks.flatten(1).sum(1) >= 4][:per_image]  # sorted by score
+        annotations = [{"bbox": box.tolist(), "bbox_mode": BoxMode.XYXY_ABS, "category_id": int(c), "iscrowd": 0,
+                        "segmentation": mask_util.encode(np.asfortranarray(m.numpy().astype(np.uint8)))}
+                       for box, c, m in zip(inst.pred_boxes.tensor, inst.pred_classes, inst.pred_masks)]
+        dicts.append({k: record[k] for k in ("file_name", "image_id", "height", "width")} | {"annotations": annotations})
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=MetadataCatalog.get(source).thing_classes)
+
+
+def test_exported_mask_rcnn_scores_the_eager_students_mask_ap(deployed, students, tmp_path):
+    """The exported models' masks, pasted by the evaluation loop's runtime, score what the eager
+    student's masks score, on ground truth where that is far from 0."""
+    from d2kd.deploy import evaluate
+
+    student = students["mask_rcnn"]
+    _register_own_detections_as_ground_truth(build_predictor(os.path.join(student, "predictor.yaml"), device="cpu"),
+                                             "shapes_tiny_val_masks", "deploy_test_own_masks")
+    models = [deployed["mask_rcnn"]["torchscript"], deployed["mask_rcnn"]["onnx"]]
+    results = evaluate(student, models, dataset="deploy_test_own_masks", output_dir=str(tmp_path))
+    assert results["eager"]["segm/AP"] > 20 and results["eager"]["AP"] > 20, results["eager"]
+    for path in models:
+        for metric in ("AP", "segm/AP", "segm/AP50", "segm/AP75"):
+            assert abs(results[path][metric] - results["eager"][metric]) <= 0.1, (path, metric, results)
 
 
 def test_latency_reports_a_median_per_runtime(deployed, students):
