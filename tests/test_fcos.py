@@ -123,3 +123,27 @@ def test_levels_of_equal_stride_pair_under_the_students_names(tmp_path):
     with pytest.raises(ValueError, match=r"'res4' is missing from the student and teacher \(student \{.*expand14: "
                                          r"stride 16.*teacher \{.*fc7: stride 16.*levels of equal stride pair"):
         instantiate(cfg.model)
+
+
+def test_an_fcos_student_distils_over_two_cpu_processes(weights, tmp_path):
+    """DistillationFCOS under DistributedDataParallel (gloo): both ranks step with FGFI on the
+    FCOS points, the KD term is logged and the exported student is the plain FCOS."""
+    import json
+    import os
+
+    from conftest import TINY_2PROC, run_train_net
+
+    out = str(tmp_path)
+    proc = run_train_net(["--config-file", "configs/shapes/fcos_fgfi.py", "--num-gpus", "2", *TINY_2PROC,
+                          "train.max_iter=2", "train.eval_teacher=False", "train.checkpointer.period=100",
+                          "model.distillers.0.schedule.warmup_iters=0",
+                          f"model.teacher.weights={weights['fcos']}", f"train.output_dir={out}"], timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "World size: 2" in log
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [0, 1]
+    assert all(math.isfinite(r["loss_kd_fgfi_imitation"]) and r["loss_kd_fgfi_imitation"] > 0
+               for r in rows if "total_loss" in r)
+    exported = LazyConfig.load(os.path.join(out, "student", "config.yaml"))
+    assert exported.model._target_ == "detectron2.modeling.FCOS"
