@@ -21,6 +21,10 @@ from detectron2.modeling import build_model
 from . import import_check  # noqa: F401  (a clear error where "d2kd" is a folder, not the package)
 
 
+#: The ``MODEL`` keys :func:`add_d2kd_config` adds (a stock Detectron2 config has none of them).
+D2KD_MODEL_KEYS = ("LAZY_CONFIG", "ALLOW_PICKLE", "DISTILL")
+
+
 def add_d2kd_config(cfg: CN) -> CN:
     """Add d2kd's keys to a Detectron2 yacs config, in place (idempotent)."""
     if "LAZY_CONFIG" not in cfg.MODEL:
@@ -61,10 +65,18 @@ def resolve_config_file(config_file: str) -> str:
         ) from None
 
 
+class _TopLevelLoader(yaml.SafeLoader):
+    """Reads a config yaml's keys; the Python objects a saved LazyConfig may hold (e.g.
+    ``!!python/object:...ShapeSpec``) are read as None, never constructed."""
+
+
+_TopLevelLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+
+
 def is_yacs_yaml(path: str) -> bool:
     """Whether the ``.yaml`` file ``path`` is a yacs config (else a LazyConfig one)."""
     with open(path) as f:
-        content = yaml.safe_load(f) or {}
+        content = yaml.load(f, Loader=_TopLevelLoader) or {}
     return "_BASE_" in content or "MODEL" in content
 
 

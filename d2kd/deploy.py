@@ -58,7 +58,7 @@ from detectron2.modeling import GeneralizedRCNN, detector_postprocess
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, Instances
 
-from .config import config_test_resize
+from .config import config_test_resize, is_yacs_yaml
 from .export import build_predictor
 from .modeling.meta_arch.ssd import SSD
 
@@ -122,6 +122,20 @@ class ImageDetector(nn.Module):
 
     def forward(self, image: torch.Tensor):
         return _detections(self.model, image.permute(2, 0, 1).float())
+
+
+def student_config(student_dir: str):
+    """The LazyConfig ``config.yaml`` of an exported student folder. A yacs one (a run trained
+    from a yacs config exports the stock Detectron2 config) is refused with the stock route."""
+    path = os.path.join(student_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise DeployError(f"no config.yaml in {student_dir}: give a student/ folder written by a d2kd run "
+                          f"or by python3 -m d2kd.export")
+    if is_yacs_yaml(path):
+        raise DeployError(f"{path} is a stock Detectron2 yacs config: export it with Detectron2's "
+                          f"tools/deploy/export_model.py (the folder's README.md gives the command); "
+                          f"d2kd.deploy reads LazyConfig students")
+    return LazyConfig.load(path)
 
 
 def deploy_resize(student_cfg) -> Dict:
@@ -216,9 +230,9 @@ def export_deployable(student_dir: str, formats: Sequence[str] = tuple(FORMATS),
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise DeployError(f"unknown format(s) {unknown}; choose from {sorted(FORMATS)}")
+    student_cfg = student_config(student_dir)
     predictor = build_predictor(os.path.join(student_dir, "predictor.yaml"), device="cpu")
     model = predictor.model.eval()
-    student_cfg = LazyConfig.load(os.path.join(student_dir, "config.yaml"))
     spec = deploy_resize(student_cfg)
     # SSD's priors are computed from the feature-map sizes in Python: constants of the trace.
     fixed = isinstance(model, SSD)
@@ -402,7 +416,7 @@ def evaluate(student_dir: str, model_paths: Sequence[str] = (), *, dataset: Opti
     from detectron2.config import instantiate
     from detectron2.evaluation import inference_on_dataset
 
-    cfg = LazyConfig.load(os.path.join(student_dir, "config.yaml"))
+    cfg = student_config(student_dir)
     if "evaluator" not in cfg.dataloader:
         raise DeployError(f"{student_dir}/config.yaml has no dataloader.evaluator to score the models with")
     if dataset:
@@ -433,7 +447,7 @@ def latency(student_dir: str, model_paths: Sequence[str] = (), *, images: int = 
     import time
 
     predictor = build_predictor(os.path.join(student_dir, "predictor.yaml"), device="cpu")
-    spec = deploy_resize(LazyConfig.load(os.path.join(student_dir, "config.yaml")))
+    spec = deploy_resize(student_config(student_dir))
     aug = resize_augmentation(spec)
     samples = [_sample_image(spec, seed=i) for i in range(images)]
     samples = [np.array(aug.get_transform(x).apply_image(x)) if aug is not None else x for x in samples]

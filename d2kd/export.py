@@ -14,6 +14,12 @@ Writes into ``output_dir``:
   LazyConfig, which Detectron2's yacs-only tools (``tools/deploy/export_model.py``) cannot read;
   the notes say so and give the routes that work.
 
+A run trained from a **yacs** config (``MODEL.META_ARCHITECTURE: DistillationRCNN`` or
+``DistillationRetinaNet`` with ``MODEL.DISTILL``, under Detectron2's ``DefaultTrainer``) exports
+to a stock yacs ``config.yaml`` instead (:func:`stock_yacs_config`: the student's registered
+class, none of d2kd's keys), which stock ``get_cfg().merge_from_file`` and Detectron2's
+``tools/deploy/export_model.py`` read as they are; ``predictor.yaml`` is the same config.
+
 Serving it: :func:`build_predictor` (``tools/demo.py``) returns a ``DefaultPredictor`` whose
 weights are read by d2kd's checkpointer, which never runs code from a file (a ``.pkl`` that
 needs more than arrays is refused unless ``allow_pickle=True`` / ``MODEL.ALLOW_PICKLE``).
@@ -37,14 +43,14 @@ from detectron2.config.lazy import _convert_target_to_string
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
-from detectron2.modeling import build_model
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.utils.registry import locate
 
 from . import import_check  # noqa: F401  (first: a clear error where "d2kd" is a folder, not the package)
 import d2kd  # noqa: F401,E402  (registers D2KDLazyModel, d2kd's backbones and datasets)
 
 from .checkpoint import OPT_IN_PREDICTOR, ReportingCheckpointer, load_torch_weights
-from .config import add_d2kd_config, config_test_resize
+from .config import D2KD_MODEL_KEYS, add_d2kd_config, config_test_resize, load_config_file
 
 #: Prefix of the distillers' parameters inside a distillation model's state dict.
 DISTILLER_PREFIX = "distillers."
@@ -219,6 +225,38 @@ only. d2kd's deploy command takes the same route (Detectron2's `TracingAdapter`)
     python3 -m d2kd.deploy export --student . --format torchscript onnx
 """
 
+YACS_LOADING_NOTES = """# {model_class} student exported by d2kd
+
+| file | what it is |
+|---|---|
+| `model_final.pth` | `{{"model": state_dict}}` of the student alone (no teacher, no distillation adapters) |
+| `config.yaml` | a stock Detectron2 **yacs** config of `{model_class}` (none of d2kd's keys) |
+| `predictor.yaml` | the same config, which d2kd's `build_predictor` reads with paths relative to this folder |
+
+`MODEL.WEIGHTS` is `model_final.pth`, relative: run the commands below from this folder, or set
+it to the file's path. No `MODEL.DEVICE` is written: Detectron2's default is `cuda`; on a machine
+without a GPU add `MODEL.DEVICE cpu`.
+
+## Load and serve it with stock Detectron2
+
+```python
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultPredictor
+
+cfg = get_cfg()
+cfg.merge_from_file("config.yaml")
+cfg.MODEL.DEVICE = "cpu"  # where there is no GPU
+predictor = DefaultPredictor(cfg)
+```
+
+## Export it (TorchScript, ONNX)
+
+Detectron2's own exporter reads this folder (`tools/` of a Detectron2 clone):
+
+    python3 detectron2/tools/deploy/export_model.py --config-file config.yaml --export-method tracing \
+        --format torchscript --output deploy MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+"""
+
 D2KD_CLASSES_NOTE = (
     "This model is built with d2kd code ({targets}): install d2kd; `instantiate` imports it.\n\n"
 )
@@ -248,15 +286,62 @@ def _targets(node):
             yield from _targets(value)
 
 
-def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
-    """Write the student-only checkpoint, its LazyConfig and a DefaultPredictor config."""
-    os.makedirs(output_dir, exist_ok=True)
-    cfg = copy.deepcopy(cfg)
-    OmegaConf.resolve(cfg)  # the exported sections must not point into dropped ones
+def stock_yacs_config(cfg: CfgNode) -> CfgNode:
+    """A yacs run config as stock Detectron2 reads it: a distillation meta-architecture replaced
+    by its student class (registered under its own name: ``GeneralizedRCNN``, ``RetinaNet``), and
+    d2kd's keys (``MODEL.DISTILL``, ``MODEL.LAZY_CONFIG``, ``MODEL.ALLOW_PICKLE``) dropped."""
+    stock = cfg.clone()
+    stock.defrost()
+    arch = META_ARCH_REGISTRY.get(stock.MODEL.META_ARCHITECTURE)
+    student_class = getattr(arch, "student_class", None)
+    if student_class is not None:
+        if META_ARCH_REGISTRY.get(student_class.__name__) is not student_class:
+            raise ValueError(f"{stock.MODEL.META_ARCHITECTURE}'s student class {student_class.__name__} is not "
+                             f"registered under that name in META_ARCH_REGISTRY: no yacs config can name it")
+        stock.MODEL.META_ARCHITECTURE = student_class.__name__
+    for key in D2KD_MODEL_KEYS:
+        stock.MODEL.pop(key, None)
+    return stock
+
+
+def _save_student_weights(weights: str, output_dir: str) -> str:
     checkpoint = load_torch_weights(weights)  # tensors only; "not a checkpoint" said as such
     state = checkpoint.get("model", checkpoint)
     student_weights = os.path.join(output_dir, "model_final.pth")
     torch.save({"model": student_state_dict(state)}, student_weights)
+    return student_weights
+
+
+def export_yacs_student(cfg: CfgNode, weights: str, output_dir: str) -> Dict[str, str]:
+    """:func:`export_student` for a yacs run config: ``config.yaml`` (and ``predictor.yaml``,
+    the same) is the stock yacs config of the student, ``MODEL.WEIGHTS`` relative to the folder,
+    no ``MODEL.DEVICE``."""
+    os.makedirs(output_dir, exist_ok=True)
+    student_weights = _save_student_weights(weights, output_dir)
+    stock = stock_yacs_config(cfg)
+    stock.MODEL.WEIGHTS = os.path.basename(student_weights)
+    data = yaml.safe_load(stock.dump())
+    del data["MODEL"]["DEVICE"]  # chosen where the folder is loaded, not where it was exported
+    paths = {"weights": student_weights}
+    for kind in ("config", "predictor"):
+        paths[kind] = os.path.join(output_dir, f"{kind}.yaml")
+        with open(paths[kind], "w") as f:
+            yaml.dump(data, f, Dumper=_PlainDumper)
+    paths["notes"] = os.path.join(output_dir, "README.md")
+    with open(paths["notes"], "w") as f:
+        f.write(YACS_LOADING_NOTES.format(model_class=stock.MODEL.META_ARCHITECTURE))
+    return paths
+
+
+def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
+    """Write the student-only checkpoint, its LazyConfig and a DefaultPredictor config (a yacs
+    ``cfg``: :func:`export_yacs_student`)."""
+    if isinstance(cfg, CfgNode):
+        return export_yacs_student(cfg, weights, output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.resolve(cfg)  # the exported sections must not point into dropped ones
+    student_weights = _save_student_weights(weights, output_dir)
 
     student_cfg = OmegaConf.create({"model": student_model_config(cfg.model)})
     if "dataloader" in cfg and "test" in cfg.dataloader:
@@ -274,11 +359,12 @@ def export_student(cfg, weights: str, output_dir: str) -> Dict[str, str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", required=True, help="the run's config (.py or saved config.yaml)")
+    parser.add_argument("--config-file", required=True,
+                        help="the run's config (LazyConfig .py or saved config.yaml, or a yacs .yaml)")
     parser.add_argument("--weights", required=True, help="the run's checkpoint (model_final.pth)")
     parser.add_argument("--output", required=True, help="output folder")
     args = parser.parse_args(argv)
-    cfg = LazyConfig.load(args.config_file)
+    cfg = load_config_file(args.config_file)
     for kind, path in export_student(cfg, args.weights, args.output).items():
         print(f"{kind}: {path}")
 
