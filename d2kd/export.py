@@ -101,8 +101,14 @@ def write_predictor_config(cfg, model_config_file: str, weights: str, path: str)
     test_name = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
     if test_name:
         y.DATASETS.TEST = (test_name,) if isinstance(test_name, str) else tuple(test_name)
+    write_portable_yacs(y, path)
+
+
+def write_portable_yacs(y: CfgNode, path: str) -> None:
+    """Dump a yacs config without ``MODEL.DEVICE``: the device is chosen where the folder is
+    loaded, not where it was exported."""
     data = yaml.safe_load(y.dump())
-    del data["MODEL"]["DEVICE"]  # chosen where the folder is loaded, not where it was exported
+    del data["MODEL"]["DEVICE"]
     with open(path, "w") as f:
         yaml.dump(data, f, Dumper=_PlainDumper)
 
@@ -320,13 +326,10 @@ def export_yacs_student(cfg: CfgNode, weights: str, output_dir: str) -> Dict[str
     student_weights = _save_student_weights(weights, output_dir)
     stock = stock_yacs_config(cfg)
     stock.MODEL.WEIGHTS = os.path.basename(student_weights)
-    data = yaml.safe_load(stock.dump())
-    del data["MODEL"]["DEVICE"]  # chosen where the folder is loaded, not where it was exported
     paths = {"weights": student_weights}
     for kind in ("config", "predictor"):
         paths[kind] = os.path.join(output_dir, f"{kind}.yaml")
-        with open(paths[kind], "w") as f:
-            yaml.dump(data, f, Dumper=_PlainDumper)
+        write_portable_yacs(stock, paths[kind])
     paths["notes"] = os.path.join(output_dir, "README.md")
     with open(paths["notes"], "w") as f:
         f.write(YACS_LOADING_NOTES.format(model_class=stock.MODEL.META_ARCHITECTURE))
