@@ -86,6 +86,21 @@ def test_every_dense_view_method_runs_on_fcos_unchanged(name, distiller, terms, 
         assert float(kd["loss_kd_fgfi_imitation"]) > 0  # near-object points found
 
 
+@pytest.mark.parametrize("config, terms", [
+    ("fcos_pkd", {"pkd_p3", "pkd_p4", "pkd_p5", "pkd_p6"}),
+    ("fcos_cwd", {"cwd_p3", "cwd_p4", "cwd_p5", "cwd_p6"}),
+    ("fcos_adl", {"adl_cls"}),
+])
+def test_each_fcos_shapes_config_builds_and_steps_with_its_terms(config, terms, weights):
+    """fcos_fitnet and fcos_fgfi are stepped by the tests above and the two-process one."""
+    cfg, model = _build(config, weights)
+    assert type(model).__name__ == "DistillationFCOS"
+    losses = _step(cfg, model)
+    assert {k[len("loss_kd_"):] for k in losses if k.startswith("loss_kd_")} == terms
+    assert all(math.isfinite(float(v)) for v in losses.values())
+    assert all(p.grad is None for p in model.teacher.model.parameters())
+
+
 def test_fcos_teacher_serves_a_retinanet_student_with_features_and_is_refused_for_its_head(weights):
     cfg, model = _build("retinanet_fitnet_from_fcos", weights)
     losses = _step(cfg, model)
