@@ -12,7 +12,12 @@ With ``D2KD_REQUIRE_DETECTRON2=1`` (what ``.ci/run`` sets when it has installed 
 such a skip is an error instead: a CI run can never pass with the suite hollowed out by a
 missing or broken detectron2 install.
 """
+import contextlib
+import functools
+import importlib.util
+import io
 import os
+import signal
 import sys
 
 import pytest
@@ -121,6 +126,53 @@ def run_train_net(args, timeout=300, env=None, script="train_net.py"):
         timeout=timeout,
         env=full_env,
     )
+
+
+def run_train_net_here(args, monkeypatch, env=None):
+    """``python3 train_net.py ARGS`` from the repository root with this process as the command
+    line's: its ``--num-gpus N`` workers are spawned interpreters as from a shell (they import
+    ``train_net`` by name, hence the repository on ``sys.path``), one interpreter and detectron2
+    start fewer than :func:`run_train_net`. Returns the exit code; the run's log is its log.txt."""
+    monkeypatch.syspath_prepend(REPO)
+    monkeypatch.chdir(REPO)
+    for key, value in dict(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {})).items():
+        monkeypatch.setenv(key, value)
+    import train_net
+
+    fresh_loggers()
+    try:
+        with pytest.raises(SystemExit) as e:
+            train_net.cli(list(args))
+            raise SystemExit(0)
+    finally:
+        fresh_loggers()
+    return e.value.code
+
+
+@functools.lru_cache(maxsize=None)
+def benchmark_tool():
+    """tools/benchmark.py as a module: ``main(argv)`` is its command line."""
+    spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def run_benchmark_here(argv, monkeypatch):
+    """``python tools/benchmark.py ARGV`` with this process as the command line's (no interpreter
+    and detectron2 start; its jobs are still subprocesses): the environment its own process would
+    have (the jobs inherit it), and the SIGTERM handler main() installs put back. Returns what it
+    printed."""
+    for key, value in tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore").items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            benchmark_tool().main(list(argv))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return out.getvalue()
 
 
 def read_metrics(output_dir):

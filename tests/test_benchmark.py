@@ -3,18 +3,14 @@
 One module-scoped benchmark run (RetinaNet + FitNet, 1 seed, 2 iterations, the tiny shapes
 splits, a teacher trained for 2 iterations into a temporary folder) is shared by the tests.
 """
-import functools
-import importlib.util
 import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
+import types
 
 import pytest
-from conftest import D2_MISSING, REPO, tool_env
+from conftest import D2_MISSING, REPO, benchmark_tool, run_benchmark_here
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -34,44 +30,14 @@ def _args(tmp, *extra):
             "--heartbeat", "1000", *MICRO, *extra]
 
 
-def _benchmark(tmp, *extra, timeout=900):
-    """The command line, ``python tools/benchmark.py ...``, in a process of its own."""
-    cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), *_args(tmp, *extra)]
-    env = tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-@functools.lru_cache(maxsize=None)
-def _tool():
-    """tools/benchmark.py as a module: ``main(argv)`` is its command line, run in this process
-    (no interpreter and detectron2 start per call; its jobs are still subprocesses)."""
-    spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
-def _main(capsys, monkeypatch, argv):
-    """``_tool().main(argv)`` with the environment ``_benchmark`` gives its process (the jobs
-    inherit it) and the SIGTERM handler main() installs put back; returns its stdout."""
-    for key, value in tool_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore").items():
-        if os.environ.get(key) != value:
-            monkeypatch.setenv(key, value)
-    capsys.readouterr()  # what came before is not this call's
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        _tool().main(list(argv))
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    return capsys.readouterr().out
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    """The benchmark's first call, main(argv) in this process (the command line's own process is
+    tests/test_tools_layout.py's); returns the folder and what it printed."""
     tmp = tmp_path_factory.mktemp("bench")
-    first = _benchmark(tmp)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return tmp, first
+    with pytest.MonkeyPatch.context() as mp:
+        printed = run_benchmark_here(_args(tmp), mp)
+    return tmp, types.SimpleNamespace(stdout=printed)
 
 
 def test_writes_results_md_json_and_plots(bench):
@@ -186,13 +152,13 @@ def test_cost_of_teacher_and_student():
     assert cost[t]["latency_ms"] > 0 and cost[s]["latency_ms"] > 0
 
 
-def test_second_call_reuses_teacher_and_runs(bench, capsys, monkeypatch):
-    """The same command again (here main(argv) in this process: the reuse is the plan's and the
-    Scheduler's, whatever process runs them; the fixture ran the command line itself)."""
+def test_second_call_reuses_teacher_and_runs(bench, monkeypatch):
+    """The same command again (the reuse is the plan's and the Scheduler's, whatever process runs
+    them)."""
     tmp, _ = bench
     weights = tmp / "teachers" / "retinanet_teacher" / "model_final.pth"
     mtime = weights.stat().st_mtime
-    second = _main(capsys, monkeypatch, _args(tmp))
+    second = run_benchmark_here(_args(tmp), monkeypatch)
     assert "reusing" in second and str(weights) in second
     assert "start teacher:" not in second and "start teacher_eval:" not in second
     assert weights.stat().st_mtime == mtime
@@ -205,7 +171,8 @@ def test_second_call_reuses_teacher_and_runs(bench, capsys, monkeypatch):
     os.utime(weights, (mtime + 10, mtime + 10))
     # (and a config that now says 7 teacher iterations: the table reports the 2 the weights had;
     # no equal-wall-clock run, which reads no teacher and nothing here asserts on)
-    third = _main(capsys, monkeypatch, _args(tmp, "--teacher-set", "train.max_iter=7", "--no-estimate", "--no-wallclock"))
+    third = run_benchmark_here(_args(tmp, "--teacher-set", "train.max_iter=7", "--no-estimate", "--no-wallclock"),
+                               monkeypatch)
     res = json.loads((tmp / "bench" / "results.json").read_text())
     assert res["detectors"]["retinanet"]["teacher"]["iters"] == 2
     assert "start kd:retinanet:fitnet:s0" in third and "start overhead:retinanet:fitnet" in third
@@ -257,7 +224,7 @@ def _list(capsys, *argv):
     any job or signal handler); its stdout. The command line's --list is
     tests/test_tools_layout.py's."""
     capsys.readouterr()
-    assert _tool().main([*argv, "--list"]) == {}
+    assert benchmark_tool().main([*argv, "--list"]) == {}
     return capsys.readouterr().out
 
 
@@ -352,7 +319,7 @@ def test_quick_time_target_reports_the_lower_bound_of_its_jobs():
     wall-clock no schedule can beat), here the 2026-11-30 quick run's job times."""
     import argparse
 
-    tool = _tool()
+    tool = benchmark_tool()
     seconds = {"teacher": 712.8, "teacher_eval": 25.5, "baseline": 446.2, "overhead": 14.5, "distilled": 687.4,
                "wallclock": 720.9, "cost": 18.0}
     runs = [{"name": k, "kind": k, "status": "done", "seconds": v} for k, v in seconds.items()]

@@ -3,7 +3,7 @@ import os
 
 import pytest
 import torch
-from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, run_train_net, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, read_metrics, run_cli, run_train_net_here, save_random_weights
 from conftest import YACS_SMALL, YACS_ZOO_RETINANET, yacs_small_retinanet
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
@@ -375,7 +375,8 @@ def test_distillation_run_logs_kd_terms_teacher_ap_resumes_and_exports(teacher_w
     assert not any(k.startswith("teacher") for k in state["model"])
 
 
-def test_distillation_with_two_cpu_processes_under_bfloat16_on_a_free_port(teacher_weights, tmp_path):
+def test_distillation_with_two_cpu_processes_under_bfloat16_on_a_free_port(teacher_weights, tmp_path, capfd,
+                                                                          monkeypatch):
     """One two-process run (gloo) checks three things, each a process start saved:
     - distillation over DDP: both ranks step and log the KD term;
     - train.amp (bfloat16 autocast) under DDP: the autocast hooks sit on the DistributedDataParallel
@@ -396,14 +397,17 @@ def test_distillation_with_two_cpu_processes_under_bfloat16_on_a_free_port(teach
             busy.listen()
         except OSError:  # another process listens there already: it is taken either way
             pass
-        proc = run_train_net(
+        capfd.readouterr()
+        code = run_train_net_here(
             ["--config-file", EXPERIMENTS["faster_rcnn"][1], "--num-gpus", "2", *TINY, "train.max_iter=2",
              "train.eval_teacher=False", "train.checkpointer.period=100", "train.amp.enabled=True",
              f"model.teacher.weights={teacher_weights['faster_rcnn']}", f"train.output_dir={out}"],
-            timeout=400,
+            monkeypatch,
         )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f":{default_port}" not in proc.stdout + proc.stderr
+    printed = capfd.readouterr()
+    assert code == 0, printed.err[-3000:]
+    assert "World size: 2" in printed.out + printed.err  # the workers' output is captured here
+    assert f":{default_port}" not in printed.out + printed.err
     log = open(os.path.join(out, "log.txt")).read()
     assert "World size: 2" in log and "runs under autocast(cpu, torch.bfloat16)" in log
     rows = [r for r in read_metrics(out) if "total_loss" in r]

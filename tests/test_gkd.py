@@ -4,8 +4,6 @@ and the shapes configs (2 iterations in-process, and once with 2 processes)."""
 import logging
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 from conftest import D2_MISSING
@@ -507,7 +505,9 @@ def test_shapes_retinanet_config_trains_two_iterations(tmp_path):
     assert d.max_iter == 2 and d.period == 16  # epoch-equivalent: 32 images / 2 per iteration
 
 
-def test_shapes_faster_rcnn_config_two_processes(tmp_path):
+def test_shapes_faster_rcnn_config_two_processes(tmp_path, monkeypatch):
+    from conftest import run_train_net_here
+
     from detectron2.config import LazyConfig, instantiate
 
     torch.manual_seed(0)
@@ -515,14 +515,12 @@ def test_shapes_faster_rcnn_config_two_processes(tmp_path):
     teacher_cfg = os.path.join(REPO, "configs/shapes/faster_rcnn_teacher.py")
     torch.save({"model": instantiate(LazyConfig.load(teacher_cfg).model).state_dict()}, weights)
     out = str(tmp_path / "ddp")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", "2",
-         "--config-file", os.path.join(REPO, "configs/shapes/faster_rcnn_gkd.py"),
+    code = run_train_net_here(
+        ["--num-gpus", "2", "--config-file", os.path.join(REPO, "configs/shapes/faster_rcnn_gkd.py"),
          *TINY, f"model.teacher.weights={weights}", f"train.output_dir={out}", "train.max_iter=2",
          "model.distillers.0.pgm_max_images_per_class=4", "dataloader.test.dataset.names=shapes_tiny_val"],
-        cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
+        monkeypatch,
     )
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert code == 0
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
     assert int(ckpt["distillers.0.proto_period"]) == 0 and ckpt["distillers.0.proto_valid"].any()

@@ -6,7 +6,7 @@ import hashlib
 import os
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, run_cli, save_random_weights
+from conftest import D2_MISSING, REPO, TINY, fresh_loggers, run_cli, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -29,17 +29,19 @@ def _snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def other_run(tmp_path_factory):
-    """A finished run's folder (its config's own ``train.output_dir``)."""
+def other_run(tmp_path_factory, train_net):
+    """A finished run's folder (its config's own ``train.output_dir``), trained in this process."""
     out = str(tmp_path_factory.mktemp("other_run"))
-    proc_args = ["--config-file", STUDENT, *TINY, "train.max_iter=1", f"train.output_dir={out}"]
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *proc_args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        fresh_loggers()
+        try:
+            with pytest.raises(SystemExit) as e:
+                train_net.cli(["--config-file", STUDENT, *TINY, "train.max_iter=1", f"train.output_dir={out}"])
+                raise SystemExit(0)
+        finally:
+            fresh_loggers()
+    assert e.value.code == 0
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     return out
 

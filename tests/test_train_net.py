@@ -143,9 +143,10 @@ def test_bad_input_exits_with_one_line(overrides, message, tmp_path, train_net, 
     assert "Traceback" not in out
 
 
-def test_missing_config_file(tmp_path):
-    proc = run_train_net(["--config-file", "configs/nope.py"], timeout=120)
-    assert proc.returncode == 2 and "config file not found: 'configs/nope.py'" in proc.stderr
+def test_missing_config_file(train_net, capfd, monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, lines, out = run_cli(train_net, capfd, ["--config-file", "configs/nope.py"])
+    assert code == 2 and len(lines) == 1 and "config file not found: 'configs/nope.py'" in lines[0], out[-2000:]
 
 
 def test_import_without_detectron2_says_how_to_install():
