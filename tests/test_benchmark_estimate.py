@@ -1,23 +1,15 @@
 """The benchmark's time estimate at the start: its arithmetic (job seconds from probed steps,
 the jobs laid out as the Scheduler runs them) against runs whose times are known, and the probe
 itself on a tiny config."""
-import importlib.util
 import json
 import os
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY
+from conftest import D2_MISSING, REPO, TINY, benchmark_tool
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
 TEACHER, STUDENT, FGFI = (f"configs/shapes/faster_rcnn_{n}.py" for n in ("teacher", "student", "fgfi"))
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", os.path.join(REPO, "tools", "benchmark.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def _quick_plan(tool, tmp_path):
@@ -33,7 +25,7 @@ def test_makespan_lays_out_jobs_as_the_scheduler_runs_them(tmp_path):
 
     res = json.load(open(os.path.join(REPO, "docs", "benchmark", "quick", "results.json")))
     seconds = {r["name"]: r["seconds"] for r in res["runs"]}
-    plan = _quick_plan(_tool(), tmp_path)
+    plan = _quick_plan(benchmark_tool(), tmp_path)
     jobs = [(j.name, seconds[j.name], j.deps) for j in plan.jobs]
     assert makespan(jobs, 2) == pytest.approx(res["settings"]["wall_clock_s"], abs=2.0)  # 855.4 vs 855.8 s
     # by hand: teacher 436.7 beside the baselines (155.1, 154.6), then overhead + kd s0 from 436.7,
@@ -76,7 +68,7 @@ def test_quick_estimate_matches_the_runs_it_was_measured_against(
         tmp_path, monkeypatch, capsys, machine, teacher_dtype, teacher_s, student_factor, startup_s, minutes):
     from benchmarking.estimate import STEP_FACTOR, Probe, StepTime
 
-    tool = _tool()
+    tool = benchmark_tool()
     f = 1 / STEP_FACTOR  # probe steps are the logged s/iter without logging and hooks
     steps = {TEACHER: StepTime(teacher_s * f, 0.047 * student_factor, teacher_dtype, 300),
              STUDENT: StepTime(0.1436 * f * student_factor, 0.0154 * student_factor, "float32", 300),
@@ -105,7 +97,7 @@ def test_estimate_skips_reused_jobs(tmp_path, monkeypatch):
     from benchmarking.estimate import Probe, StepTime
     from benchmarking.runner import input_stamps
 
-    tool = _tool()
+    tool = benchmark_tool()
     plan = _quick_plan(tool, tmp_path)
     steps = {c: StepTime(0.1, 0.01, "float32", 300) for c in (TEACHER, STUDENT, FGFI)}
     monkeypatch.setattr(tool, "probe", lambda *a, **k: Probe(steps, 1.0, 5.0))
