@@ -139,14 +139,7 @@ def run_train_net_here(args, monkeypatch, env=None):
         monkeypatch.setenv(key, value)
     import train_net
 
-    fresh_loggers()
-    try:
-        with pytest.raises(SystemExit) as e:
-            train_net.cli(list(args))
-            raise SystemExit(0)
-    finally:
-        fresh_loggers()
-    return e.value.code
+    return cli_exit_code(train_net.cli, args)
 
 
 @functools.lru_cache(maxsize=None)
@@ -224,16 +217,23 @@ def fresh_loggers():
 def run_cli(train_net, capfd, args):
     """``train_net.cli(args)`` in this process: (exit code, its 'error:' lines, stdout + stderr;
     detectron2's console log goes to stdout)."""
+    code = cli_exit_code(train_net.cli, args)
+    cap = capfd.readouterr()
+    lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
+    return code, lines, cap.out + cap.err
+
+
+def cli_exit_code(cli, args):
+    """``cli(args)`` in this process: its exit code (0 when it returns), with fresh loggers before
+    and after (no handler left on this test's capture, and caplog working, for the next tests)."""
     fresh_loggers()
     try:
         with pytest.raises(SystemExit) as e:
-            train_net.cli(args)
+            cli(list(args))
             raise SystemExit(0)
     finally:
-        fresh_loggers()  # leave no handler on this test's capture, and caplog working, for the next tests
-    cap = capfd.readouterr()
-    lines = [l for l in cap.err.splitlines() if l.startswith("train_net.py: error:")]
-    return e.value.code, lines, cap.out + cap.err
+        fresh_loggers()
+    return e.value.code
 
 
 #: A small model-zoo RetinaNet (ResNet-18, one conv per head tower) on the CPU, for yacs routes.

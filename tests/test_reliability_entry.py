@@ -6,7 +6,7 @@ import hashlib
 import os
 
 import pytest
-from conftest import D2_MISSING, REPO, TINY, fresh_loggers, run_cli, save_random_weights
+from conftest import D2_MISSING, TINY, run_cli, run_train_net_here, save_random_weights
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
@@ -29,19 +29,12 @@ def _snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def other_run(tmp_path_factory, train_net):
+def other_run(tmp_path_factory):
     """A finished run's folder (its config's own ``train.output_dir``), trained in this process."""
     out = str(tmp_path_factory.mktemp("other_run"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(REPO)
-        fresh_loggers()
-        try:
-            with pytest.raises(SystemExit) as e:
-                train_net.cli(["--config-file", STUDENT, *TINY, "train.max_iter=1", f"train.output_dir={out}"])
-                raise SystemExit(0)
-        finally:
-            fresh_loggers()
-    assert e.value.code == 0
+        code = run_train_net_here(["--config-file", STUDENT, *TINY, "train.max_iter=1", f"train.output_dir={out}"], mp)
+    assert code == 0
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     return out
 
