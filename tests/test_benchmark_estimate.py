@@ -13,17 +13,19 @@ TEACHER, STUDENT, FGFI = (f"configs/shapes/faster_rcnn_{n}.py" for n in ("teache
 
 
 def _quick_plan(tool, tmp_path):
-    """The plan of `tools/benchmark.py --quick` from no teacher and an empty folder."""
-    return tool.Plan(tool.parse_args(["--quick", "--output", str(tmp_path / "bench"),
+    """The plan of the quick mode of 2026-12-01 (Faster R-CNN, FGFI, 2 seeds from scratch, one
+    evaluation per run: ``--quick`` before the converged protocol) from no teacher and an empty folder."""
+    return tool.Plan(tool.parse_args(["--detectors", "faster_rcnn", "--methods", "fgfi", "--seeds", "0", "1",
+                                      "--evals", "1", "--output", str(tmp_path / "bench"),
                                       "--teacher-root", str(tmp_path / "teachers")]))
 
 
 def test_makespan_lays_out_jobs_as_the_scheduler_runs_them(tmp_path):
-    """The 2026-12-01 quick run (docs/benchmark/quick/): its jobs' measured seconds, laid out in
-    the --quick plan's order with its dependencies on 2 slots, end when that run ended (14:16)."""
+    """The 2026-12-01 quick run (docs/benchmark/quick_scratch/): its jobs' measured seconds, laid out in
+    that plan's order with its dependencies on 2 slots, end when that run ended (14:16)."""
     from benchmarking.estimate import makespan
 
-    res = json.load(open(os.path.join(REPO, "docs", "benchmark", "quick", "results.json")))
+    res = json.load(open(os.path.join(REPO, "docs", "benchmark", "quick_scratch", "results.json")))
     seconds = {r["name"]: r["seconds"] for r in res["runs"]}
     plan = _quick_plan(benchmark_tool(), tmp_path)
     jobs = [(j.name, seconds[j.name], j.deps) for j in plan.jobs]

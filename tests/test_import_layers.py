@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Set
 #: ``d2kd.modeling.meta_arch.*``).
 LAYERS = [
     ("foundation", [
-        "d2kd.import_check", "d2kd.config", "d2kd.checkpoint", "d2kd.runtime", "d2kd.data.*",
+        "d2kd.import_check", "d2kd.config", "d2kd.checkpoint", "d2kd.runtime", "d2kd.data.*", "d2kd.model_zoo",
         "d2kd.evaluation.*", "d2kd.modeling.backbone.*", "d2kd.modeling.anchor_generator",
         # builds a LazyConfig model for DefaultPredictor; imports only d2kd.checkpoint
         "d2kd.modeling.meta_arch.lazy_model",

@@ -93,8 +93,8 @@ def test_benchmark_plan_is_the_same_from_any_folder(tmp_path, capsys, monkeypatc
     outs = [capsys.readouterr().out, r.stdout]
     assert outs[0] == outs[1]
     jobs = re.findall(r"^  (\S+)  deps=", outs[0], flags=re.M)
-    assert "teacher:faster_rcnn_teacher" in jobs and "kd:faster_rcnn:fgfi:s1" in jobs, outs[0]
-    assert "--config-file configs/shapes/faster_rcnn_teacher.py" in outs[0]
+    assert "teacher:retinanet_teacher_12000" in jobs and "kd:retinanet:fgfi:s1" in jobs, outs[0]
+    assert "--config-file configs/shapes/retinanet_teacher.py" in outs[0]
     measure = [ln.split(" -m benchmarking.measure ")[1].split()[0] for ln in outs[0].splitlines()
                if " -m benchmarking.measure " in ln]
     assert set(measure) == {"overhead", "memory", "cost"}, outs[0]

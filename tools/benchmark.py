@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The embedded KD benchmark: what each distillation method buys on the shapes set.
 
-    python tools/benchmark.py --quick            # Faster R-CNN, FGFI, 2 seeds (the quick start)
-    python tools/benchmark.py                    # full: every detector and method in the table, 4 seeds
+    python tools/benchmark.py --quick            # RetinaNet, FGFI, 2 seeds, continued from shipped checkpoints
+    python tools/benchmark.py --full             # every detector and method in the table, 4 seeds
     python tools/benchmark.py --detectors retinanet --methods fgfi gkd --seeds 0 1 --jobs 2
     python tools/benchmark.py --list             # what would run (and which configs are missing)
 
@@ -13,6 +13,12 @@ Steps (each a subprocess, ``--jobs`` at a time, failures isolated and reported):
    whenever that ``model_final.pth`` exists; then evaluated (eval-only) on the validation split;
 2. the baseline student and one distilled student per method and seed (``train.seed=<s>``), all
    evaluated at the end (and ``--evals`` times along the way for the AP curves);
+   ``--protocol converged`` (the default of ``--quick`` and ``--full``): for the detectors with a
+   :class:`registry.Continuation`, the teacher is the one trained ``teacher_iters``
+   (``output/shapes/<teacher>_<iters>/``) and every student run continues for ``iters`` from the
+   plain student trained once for ``start_iters``; either is the checkpoint d2kd ships
+   (``d2kd/model_zoo/``) when there is one, else trained once here and reused;
+   ``--protocol scratch`` (the default otherwise) trains every student from scratch;
 3. the distillation overhead per method (:mod:`benchmarking.measure`, fixed batches,
    interleaved); its step ratio sets the **equal wall-clock** baseline: the student trained
    ``round(iters x step ratio)`` iterations with the LR schedule stretched to that length;
@@ -29,6 +35,7 @@ last checkpoint (:mod:`benchmarking.resume`); a run that cannot resume starts fr
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -59,6 +66,7 @@ from benchmarking.results import (
 from benchmarking.estimate import bfloat16_note, fmt_minutes, job_seconds, makespan, probe, quiet_logs
 from benchmarking.resume import checkpoint_overrides, remove_periodic_checkpoints, resume_point
 from benchmarking.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd, reusable
+from d2kd.model_zoo import checkpoint_card, shapes_checkpoint
 
 #: The clone's root: the jobs run there (their configs are relative to it).
 REPO = registry.REPO
@@ -83,8 +91,13 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     mode = ap.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="Faster R-CNN, FGFI, 2 seeds, the student configs' iterations")
-    mode.add_argument("--full", action="store_true", help="every detector and method, 4 seeds (default)")
+    mode.add_argument("--quick", action="store_true", help="RetinaNet, FGFI, 2 seeds, the converged protocol "
+                      "from the checkpoints d2kd ships")
+    mode.add_argument("--full", action="store_true", help="every detector and method, 4 seeds, the converged protocol")
+    ap.add_argument("--protocol", choices=("converged", "scratch"),
+                    help="converged: students continue from their detector's long-trained start beside its "
+                         "long-trained teacher (registry.CONTINUATIONS; the default of --quick and --full); "
+                         "scratch: every student from scratch for its config's train.max_iter (the default otherwise)")
     ap.add_argument("--detectors", nargs="+", help=f"subset of {sorted(registry.DETECTORS)}")
     ap.add_argument("--methods", nargs="+", help="subset of the methods in the table")
     ap.add_argument("--seeds", nargs="+", type=int)
@@ -93,8 +106,9 @@ def parse_args(argv=None):
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--output", help="output folder (default output/benchmark/<quick|full>)")
-    ap.add_argument("--teacher-root", help="train/reuse teachers in ROOT/<teacher dir name>/ instead of the "
-                    "folder of the configs' model.teacher.weights")
+    ap.add_argument("--teacher-root", help="train/reuse teachers (and the converged protocol's student starts) in "
+                    "ROOT/<dir name>/ instead of the folder of the configs' model.teacher.weights (output/shapes/) "
+                    "or the checkpoints d2kd ships")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     ap.add_argument("--student-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides for the student runs (baseline, distilled, wall-clock) only")
@@ -118,6 +132,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     preset = QUICK if args.quick else FULL
     args.mode = "quick" if args.quick else "full"
+    args.protocol = args.protocol or ("converged" if args.quick or args.full else "scratch")
     args.detectors = args.detectors or preset["detectors"]
     args.methods = args.methods or preset["methods"]
     args.seeds = args.seeds if args.seeds is not None else preset["seeds"]
@@ -133,19 +148,49 @@ def log(msg: str) -> None:
 
 # ---- planning ----------------------------------------------------------------------------------
 def _load(config: str, overrides=()):
+    """A config with ``overrides`` applied, for reading (a plan reads the same few configs
+    hundreds of times, ~0.2 s a load: callers must not change what it returns)."""
+    path = os.path.join(REPO, config) if not os.path.isabs(config) else config
+    return _load_cached(path, os.path.getmtime(path), tuple(o for o in overrides if not o.startswith("model.teacher.")))
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cached(path: str, mtime: float, overrides: tuple):
     from detectron2.config import LazyConfig
 
-    cfg = LazyConfig.load(os.path.join(REPO, config) if not os.path.isabs(config) else config)
-    return LazyConfig.apply_overrides(cfg, [o for o in overrides if not o.startswith("model.teacher.")])
+    return LazyConfig.apply_overrides(LazyConfig.load(path), list(overrides))
 
 
-def _teacher_of(config: str, teacher_root: Optional[str]):
-    cfg = _load(config)
-    t = cfg.model.teacher
-    weights = t.weights
-    if teacher_root:
-        weights = os.path.join(teacher_root, os.path.basename(os.path.dirname(weights)), "model_final.pth")
-    return t.config_file, weights, list(t.get("opts", []) or [])
+def _trained_once(name: str, root: Optional[str]) -> str:
+    """Where a model trained once (a teacher, a converged protocol's student start) named ``name``
+    is: ``root/<name>/model_final.pth`` when ``--teacher-root`` gives a root, else the checkpoint
+    d2kd ships under that name, else ``output/shapes/<name>/model_final.pth``."""
+    if not root:
+        shipped = shapes_checkpoint(name)
+        if shipped:
+            return shipped
+    return os.path.join(root or os.path.join("output", "shapes"), name, "model_final.pth")
+
+
+def _weights_name(weights: str) -> str:
+    """``output/shapes/x/model_final.pth`` and the shipped ``.../shapes/x.pth`` are both ``x``."""
+    base = os.path.splitext(os.path.basename(weights))[0]
+    return os.path.basename(os.path.dirname(weights)) if base == "model_final" else base
+
+
+def _teacher_of(config: str, teacher_root: Optional[str], continuations: Dict[str, registry.Continuation]):
+    """The teacher of a distillation config: (its config, its weights, ``model.teacher.opts``, the
+    overrides that train it). Under the converged protocol a detector's own teacher config
+    (``<detector>_teacher.py``, whatever the student's family) is the one trained ``teacher_iters``."""
+    t = _load(config).model.teacher
+    stem = os.path.splitext(os.path.basename(t.config_file))[0]
+    cont = continuations.get(stem[: -len("_teacher")]) if stem.endswith("_teacher") else None
+    name = _weights_name(t.weights)
+    if cont:
+        weights, extra = _trained_once(cont.teacher_dir(name), teacher_root), [f"train.max_iter={cont.teacher_iters}"]
+    else:
+        weights, extra = (os.path.join(teacher_root, name, "model_final.pth") if teacher_root else t.weights), []
+    return t.config_file, weights, list(t.get("opts", []) or []), extra
 
 
 def _name(s: str) -> str:
@@ -166,7 +211,7 @@ def train_once_cmd(config: str, out_dir: str, iters: int, extra: List[str]) -> L
                               f"train.eval_period={iters}", *extra])
 
 
-def run_overrides(out_dir: str, seed: int, iters: int, evals: int, args) -> List[str]:
+def run_overrides(out_dir: str, seed: int, iters: int, evals: int, args, student_set: List[str]) -> List[str]:
     return [
         f"train.seed={seed}",
         f"train.output_dir={out_dir}",
@@ -174,7 +219,7 @@ def run_overrides(out_dir: str, seed: int, iters: int, evals: int, args) -> List
         f"train.eval_period={max(1, math.ceil(iters / max(evals, 1)))}",
         *checkpoint_overrides(iters),
         *args.set,
-        *args.student_set,
+        *student_set,
     ]
 
 
@@ -187,6 +232,9 @@ class Plan:
         self.detectors: Dict[str, Dict] = {}
         self.teachers: Dict[str, Dict] = {}  # weights -> info
         self.inits: Dict[str, List[str]] = {}  # init checkpoint -> the deps of a run starting from it
+        #: detector -> its converged protocol, for the detectors that have one (``--protocol converged``)
+        self.continuations = dict(registry.CONTINUATIONS) if args.protocol == "converged" else {}
+        self.starts: Dict[str, tuple] = {}  # a protocol's start checkpoint -> (student config, iterations)
         self._build()
 
     def add(self, job: Job) -> Job:
@@ -216,16 +264,22 @@ class Plan:
         for exp in self.experiments:
             d = self.detectors.setdefault(exp.detector, {"experiments": [], "baselines": {}})
             d["experiments"].append(exp)
-            tconf, tweights, topts = _teacher_of(exp.config, a.teacher_root)
-            exp.teacher = (tconf, tweights)
-            d.setdefault("teacher", (tconf, tweights))
-            if tweights not in self.teachers:
-                self.teachers[tweights] = self._teacher_jobs(tconf, tweights, topts)
             bname = "default" if exp.baseline == registry.DETECTORS.get(exp.detector) else \
                 os.path.splitext(os.path.basename(exp.baseline))[0].replace(f"{exp.detector}_", "")
             exp.bname = bname
+            # The protocol continues the detector's plain student: a row with a baseline of its own
+            # (another architecture, fewer labels, its own init_checkpoint) runs as its config says.
+            exp.continuation = self.continuations.get(exp.detector) if bname == "default" else None
+            exp.student_set = self._student_set(exp.baseline, exp.continuation)
+            exp.iters = a.iters or (exp.continuation.iters if exp.continuation else
+                                    int(_load(exp.config, a.set + exp.student_set).train.max_iter))
+            tconf, tweights, topts, textra = _teacher_of(exp.config, a.teacher_root, self.continuations)
+            exp.teacher = (tconf, tweights)
+            d.setdefault("teacher", (tconf, tweights))
+            if tweights not in self.teachers:
+                self.teachers[tweights] = self._teacher_jobs(tconf, tweights, topts, textra)
             if bname not in d["baselines"]:
-                d["baselines"][bname] = self._baseline_jobs(exp.detector, bname, exp.baseline)
+                d["baselines"][bname] = self._baseline_jobs(exp, bname)
             self._method_jobs(exp)
         if not a.no_cost and self.experiments:
             configs = []
@@ -239,14 +293,23 @@ class Plan:
                 out_dir, weight=60))
             self.cost_job.meta.update(configs=configs, runs=a.cost_runs)
 
-    def _teacher_jobs(self, tconf, tweights, topts):
+    def _student_set(self, baseline: str, cont: Optional[registry.Continuation]) -> List[str]:
+        """The overrides of a row's student runs: ``--student-set``, after the converged protocol's
+        start (``train.init_checkpoint``), which ``--student-set`` may override."""
+        if cont is None:
+            return list(self.args.student_set)
+        start = _trained_once(cont.start_name(baseline), self.args.teacher_root)
+        self.starts.setdefault(start, (baseline, cont.start_iters))
+        return [f"train.init_checkpoint={start}", *self.args.student_set]
+
+    def _teacher_jobs(self, tconf, tweights, topts, textra):
         a = self.args
         info = {"config": tconf, "weights": tweights, "reused": os.path.isfile(tweights), "train_job": None,
-                "opts": topts}
-        tcfg = _load(tconf, a.set + a.teacher_set)
+                "opts": topts, "set": [*a.set, *textra, *a.teacher_set]}
+        tcfg = _load(tconf, info["set"])
         info["iters"] = int(tcfg.train.max_iter)
         tdir = os.path.dirname(tweights)
-        tname = os.path.basename(tdir)
+        tname = _weights_name(tweights)
         eval_dir = os.path.join(self.out, "teacher_eval", tname)
         info["eval_dir"] = eval_dir
         eval_file = os.path.join(eval_dir, "eval.json")
@@ -270,7 +333,7 @@ class Plan:
             # with options of its own, ``model.teacher.opts``).
             job = self.add(Job(
                 f"teacher:{tname}", "teacher",
-                train_once_cmd(tconf, tdir, info["iters"], [*a.set, *a.teacher_set]),
+                train_once_cmd(tconf, tdir, info["iters"], info["set"]),
                 tdir, weight=COST_GUESS["teacher"] * info["iters"] + EVAL_COST * 3,
                 meta={"iters": info["iters"], "config": tconf, "evals": 1},
                 on_done=None if topts else (lambda job: save_eval(job, "the training run's final evaluation"))))
@@ -292,37 +355,42 @@ class Plan:
                          meta={"config": tconf}))
         return info
 
-    def _inputs(self, config: str, tweights: Optional[str] = None) -> List[str]:
+    def _inputs(self, config: str, student_set: List[str], tweights: Optional[str] = None) -> List[str]:
         """The files a run of ``config`` reads besides the code and the data: its teacher's
         weights, its starting checkpoint, its pseudo-labels (see ``input_stamps``)."""
-        cfg = _load(config, self.args.set + self.args.student_set)
+        cfg = _load(config, self.args.set + student_set)
         paths = [tweights, cfg.train.get("init_checkpoint") or ""]
         unlabeled = cfg.dataloader.train.get("unlabeled_dataset") if "train" in cfg.dataloader else None
         if unlabeled is not None:
             paths += list(unlabeled.get("pseudo_label_files") or [])
         return [os.path.join(REPO, p) for p in paths if p and "://" not in p]
 
-    def _init_jobs(self, config: str) -> List[str]:
+    def _init_jobs(self, config: str, student_set: List[str]) -> List[str]:
         """The deps of a run of ``config`` that starts from ``train.init_checkpoint`` (a student
-        fine-tuned from its own trained checkpoint, as LSHFM's RetinaNet rows are): the checkpoint
-        ``output/shapes/<name>/model_final.pth`` is trained first with ``configs/shapes/<name>.py``
-        (once, seed 0, reused when present, like a teacher); any other missing file is an error."""
+        fine-tuned from its own trained checkpoint, as LSHFM's RetinaNet rows are, or continued
+        from the converged protocol's start): the checkpoint is trained first (once, seed 0,
+        reused when present, like a teacher): a protocol's start with its student config for
+        ``start_iters``, ``output/shapes/<name>/model_final.pth`` with ``configs/shapes/<name>.py``;
+        any other missing file is an error."""
         a = self.args
-        init = _load(config, a.set + a.student_set).train.get("init_checkpoint") or ""
+        init = _load(config, a.set + student_set).train.get("init_checkpoint") or ""
         if not init or "://" in init:
             return []
         if init in self.inits:
             return self.inits[init]
         tdir = os.path.dirname(init)
-        source = os.path.join(registry.SHAPES_DIR, os.path.basename(tdir) + ".py")
+        source, extra = os.path.join(registry.SHAPES_DIR, os.path.basename(tdir) + ".py"), []
+        if init in self.starts:
+            source, iters = self.starts[init]
+            extra = [f"train.max_iter={iters}"]
         if os.path.isfile(os.path.join(REPO, init)):
             log(f"[benchmark] {config}: starts from {init} (reused, not retrained)")
             deps = []
         elif os.path.isfile(os.path.join(REPO, source)):
-            iters = int(_load(source, a.set).train.max_iter)
+            iters = int(_load(source, [*a.set, *extra]).train.max_iter)
             job = self.add(Job(
                 f"init:{os.path.basename(tdir)}", "init",
-                train_once_cmd(source, tdir, iters, list(a.set)),
+                train_once_cmd(source, tdir, iters, [*a.set, *extra]),
                 tdir, weight=COST_GUESS["baseline"] * iters + EVAL_COST, meta={"iters": iters, "config": source, "evals": 1}))
             deps = [job.name]
         else:
@@ -332,20 +400,20 @@ class Plan:
         self.inits[init] = deps
         return deps
 
-    def _baseline_jobs(self, det, bname, config):
+    def _baseline_jobs(self, exp, bname):
         a = self.args
-        iters = a.iters or int(_load(config, a.set + a.student_set).train.max_iter)
-        init_deps = self._init_jobs(config)
+        det, config, student_set, iters = exp.detector, exp.baseline, exp.student_set, exp.iters
+        init_deps = self._init_jobs(config, student_set)
         runs = []
         for s in a.seeds:
             out_dir = os.path.join(self.out, "runs", det, "baseline" if bname == "default" else f"baseline_{bname}", f"seed{s}")
             job = self.add(Job(f"baseline:{det}:{bname}:s{s}", "baseline",
-                               train_cmd(config, run_overrides(out_dir, s, iters, a.evals, a)), out_dir,
+                               train_cmd(config, run_overrides(out_dir, s, iters, a.evals, a, student_set)), out_dir,
                                deps=init_deps, weight=COST_GUESS["baseline"] * iters + EVAL_COST * a.evals,
                                meta={"iters": iters, "config": config, "evals": a.evals},
-                               inputs=self._inputs(config)))
+                               inputs=self._inputs(config, student_set)))
             runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
-        return {"config": config, "iters": iters, "runs": runs}
+        return {"config": config, "iters": iters, "runs": runs, "student_set": student_set}
 
     def _method_jobs(self, exp):
         a = self.args
@@ -353,10 +421,10 @@ class Plan:
         tconf, tweights = exp.teacher
         teacher = self.teachers[tweights]
         tdeps = [teacher["train_job"]] if teacher["train_job"] else []
-        iters = a.iters or int(_load(exp.config, a.set + a.student_set).train.max_iter)
+        iters, student_set = exp.iters, exp.student_set
         kd_extra = [f"model.teacher.weights={tweights}", "train.eval_teacher=False"]
         # a semi-supervised config reads the teacher's pseudo-labels: they are made first
-        kd_deps = tdeps + self._pseudo_label_jobs(exp, tconf, tweights, tdeps) + self._init_jobs(exp.config)
+        kd_deps = tdeps + self._pseudo_label_jobs(exp, tconf, tweights, tdeps) + self._init_jobs(exp.config, student_set)
         # overhead (and the step ratio of the wall-clock baseline)
         oh_dir = os.path.join(self.out, "measure", f"overhead_{det}_{m}")
         oh_file = os.path.join(oh_dir, "overhead.json")
@@ -365,19 +433,19 @@ class Plan:
                      python_cmd("-m", "benchmarking.measure", "overhead", "--config", exp.config,
                                 "--baseline", exp.baseline, "--output", oh_file, "--iters", str(a.overhead_iters),
                                 "--warmup", str(a.overhead_warmup), "--threads", str(a.threads),
-                                f"model.teacher.weights={tweights}", *a.set, *a.student_set,
+                                f"model.teacher.weights={tweights}", *a.set, *student_set,
                                 f"train.max_iter={iters}"),  # the run's length: the share of first image loads
                      oh_dir, deps=kd_deps, weight=12 * (a.overhead_iters + a.overhead_warmup) + 30,
                      meta={"config": exp.config, "baseline": exp.baseline, "steps": a.overhead_iters + a.overhead_warmup},
-                     inputs=self._inputs(exp.config, tweights)))
+                     inputs=self._inputs(exp.config, student_set, tweights)))
         exp.runs, exp.wall_runs = [], []
         for s in a.seeds:
             out_dir = os.path.join(self.out, "runs", det, m, f"seed{s}")
             job = self.add(Job(f"kd:{det}:{m}:s{s}", "distilled",
-                               train_cmd(exp.config, run_overrides(out_dir, s, iters, a.evals, a) + kd_extra), out_dir,
-                               deps=kd_deps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
+                               train_cmd(exp.config, run_overrides(out_dir, s, iters, a.evals, a, student_set) + kd_extra),
+                               out_dir, deps=kd_deps, weight=COST_GUESS["distilled"] * iters + EVAL_COST * a.evals,
                                meta={"iters": iters, "config": exp.config, "evals": a.evals},
-                               inputs=self._inputs(exp.config, tweights)))
+                               inputs=self._inputs(exp.config, student_set, tweights)))
             exp.runs.append({"seed": s, "job": job.name, "out_dir": out_dir, "iters": iters})
         if not a.no_wallclock:
             for s in a.seeds:
@@ -390,11 +458,11 @@ class Plan:
                         ratio = json.load(f)["step_ratio"]
                     n = max(1, int(round(iters * ratio)))
                     meta["iters"] = n  # for the progress lines
-                    return train_cmd(exp.baseline, run_overrides(out_dir, s, n, a.evals, a))
+                    return train_cmd(exp.baseline, run_overrides(out_dir, s, n, a.evals, a, student_set))
 
                 job = self.add(Job(f"wall:{det}:{m}:s{s}", "wallclock", cmd, out_dir, deps=[f"overhead:{det}:{m}"],
                                    weight=COST_GUESS["wallclock"] * iters + EVAL_COST * a.evals, meta=meta,
-                                   inputs=self._inputs(exp.baseline)))
+                                   inputs=self._inputs(exp.baseline, student_set)))
                 exp.wall_runs.append({"seed": s, "job": job.name, "out_dir": out_dir})
         if not a.no_memory:
             for cfg_file, kind in ((exp.baseline, "student"), (exp.config, "kd")):
@@ -407,10 +475,10 @@ class Plan:
                                         "--output", os.path.join(out_dir, "memory.json"), "--iters", str(a.memory_iters),
                                         "--threads", str(a.threads),
                                         *([f"model.teacher.weights={tweights}"] if kind == "kd" else []),
-                                        *a.set, *a.student_set),
-                             out_dir, deps=kd_deps if kind == "kd" else self._init_jobs(cfg_file), weight=40,
+                                        *a.set, *student_set),
+                             out_dir, deps=kd_deps if kind == "kd" else self._init_jobs(cfg_file, student_set), weight=40,
                              meta={"config": cfg_file, "steps": a.memory_iters},
-                             inputs=self._inputs(cfg_file, tweights if kind == "kd" else None)))
+                             inputs=self._inputs(cfg_file, student_set, tweights if kind == "kd" else None)))
 
     def _pseudo_label_jobs(self, exp, tconf, tweights, tdeps) -> List[str]:
         """Jobs writing the teacher's pseudo-labels that ``exp``'s config reads (SAD, docs/methods.md
@@ -455,6 +523,18 @@ def _run_result(run: Dict, jobs: Dict[str, Job]) -> Dict:
     return out
 
 
+def _start_of(plan: Plan, d: Dict) -> Optional[Dict]:
+    """The converged protocol's student start of a detector: its checkpoint, iterations and AP
+    (its card when shipped, else its run's metrics)."""
+    exp = next((e for e in d["experiments"] if e.continuation), None)
+    if exp is None:
+        return None
+    init = [o.split("=", 1)[1] for o in exp.student_set if o.startswith("train.init_checkpoint=")][-1]
+    card, rows = checkpoint_card(init), read_metrics(os.path.dirname(init))
+    return {"weights": init, "iters": card.get("iters") or trained_iters(rows), "eval": card.get("eval") or final_eval(rows),
+            "shipped": bool(card), "continued_iters": exp.iters}
+
+
 def _read_json(path):
     try:
         with open(path) as f:
@@ -472,12 +552,15 @@ def collect(plan: Plan, jobs: Dict[str, Job], wall: float) -> Dict:
         tev = _read_json(tinfo["eval_file"]) or {}
         ttime = train_time(os.path.dirname(tweights))
         titers = tinfo["iters"]
+        tcard = checkpoint_card(tweights)  # a shipped checkpoint's record of its training
         if tinfo["reused"]:  # what the weights were trained for, not what the config says now
-            titers = trained_iters(read_metrics(os.path.dirname(tweights)))
+            titers = trained_iters(read_metrics(os.path.dirname(tweights))) or tcard.get("iters")
         dd = {
             "teacher": {"config": tconf, "weights": tweights, "reused": tinfo["reused"], "eval": tev.get("eval"),
                         "iters": titers, "train_s": ttime["train_s"], "s_per_iter": ttime["s_per_iter"],
-                        "eval_file": tinfo["eval_file"], "train_dtype": train_dtype(os.path.dirname(tweights))},
+                        "eval_file": tinfo["eval_file"],
+                        "train_dtype": train_dtype(os.path.dirname(tweights)) or tcard.get("train_dtype")},
+            "start": _start_of(plan, d),
             "baseline_config": registry.DETECTORS.get(det),
             "baselines": {},
             "methods": {},
@@ -635,16 +718,16 @@ def time_estimate(plan: Plan) -> Optional[Dict]:
     for _, meta in work:
         needed.update(c for c in (meta.get("config"), meta.get("kd_config"), meta.get("baseline")) if c)
         needed.update(meta.get("configs") or [])
-    teachers = {info["config"]: ([*a.set, *a.teacher_set], w, info["config"] in needed) for w, info in plan.teachers.items()}
+    teachers = {info["config"]: (info["set"], w, info["config"] in needed) for w, info in plan.teachers.items()}
     students, distilled = {}, {}
     for d in plan.detectors.values():
         for exp in d["experiments"]:
             if exp.config in needed:
-                distilled[exp.config] = ([*a.set, *a.student_set], exp.teacher[0], exp.baseline)
-                students[exp.baseline] = [*a.set, *a.student_set]
+                distilled[exp.config] = ([*a.set, *exp.student_set], exp.teacher[0], exp.baseline)
+                students[exp.baseline] = [*a.set, *exp.student_set]
         for b in d["baselines"].values():
             if b["config"] in needed:
-                students[b["config"]] = [*a.set, *a.student_set]
+                students[b["config"]] = [*a.set, *b["student_set"]]
     for job, meta in work:
         if job.kind == "init":
             students[meta["config"]] = list(a.set)
@@ -746,7 +829,7 @@ def main(argv=None) -> Dict:
     from benchmarking.plots import write_plots  # matplotlib
 
     res["settings"] = {
-        "mode": args.mode, "command": "python tools/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
+        "mode": args.mode, "protocol": args.protocol, "command": "python tools/benchmark.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])),
         "machine": machine(), "started": started, "wall_clock": fmt_s(wall), "wall_clock_s": wall,
         "n_parallel": args.jobs, "threads": args.threads, "seeds": args.seeds, "evals_per_run": args.evals,
         "load_start": load_start, "load_end": _load_avg(), "estimate": estimate,

@@ -269,6 +269,13 @@ def markdown(results: Dict) -> str:
         L.append(f"Teacher `{t.get('config')}` (weights `{t.get('weights')}`, "
                  f"{'reused' if t.get('reused') else 'trained by this benchmark'}{trained}); "
                  f"baseline student `{d['baseline_config']}`.\n")
+        st = d.get("start")
+        if st:
+            sev = (st.get("eval") or {}).get("AP")
+            L.append(f"Converged protocol: every student run (baseline, distilled, equal wall-clock) continues for "
+                     f"{st.get('continued_iters')} iterations from the plain student trained {st.get('iters', '?')} "
+                     f"iterations (`{st['weights']}`{', shipped with d2kd' if st.get('shipped') else ''}"
+                     f"{f', {sev:.1f} AP' if sev is not None else ''}), its schedule restarted.\n")
         L.append("| model | iters | AP | AP50 | APs | gain AP (equal iters) | gap closure | "
                  "gain AP (equal wall-clock) | train time (s) | s/iter |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
