@@ -1,6 +1,6 @@
-"""What the tests of the neck-feature methods (PKD, CWD, MGD, FGD) share: fake bound models with
-given level shapes, the shapes configs built with random teachers, and the check that the
-exported student carries none of a distiller's modules."""
+"""What the tests of the neck-feature methods (PKD, CWD, MGD, FGD, FitNet) share: fake bound
+models with given level shapes, the shapes configs built with random teachers and trained two
+steps, and the check that the exported student carries none of a distiller's modules."""
 from types import SimpleNamespace
 
 import torch
@@ -8,6 +8,7 @@ from conftest import save_random_weights
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import ShapeSpec
+from detectron2.utils.events import EventStorage
 
 from d2kd.export import student_model_config, student_state_dict
 
@@ -58,6 +59,25 @@ def build_shapes(config, teacher_weights, teacher=None):
     cfg.model.teacher.weights = teacher_weights[name]
     torch.manual_seed(0)
     return cfg, instantiate(cfg.model).train()
+
+
+def train_two_steps(cfg, model, kd_keys, after_backward=None):
+    """Two SGD steps (lr 1e-3) of a built shapes model on its config's training loader: each
+    step's ``loss_kd_*`` keys are exactly ``kd_keys`` and every loss is finite;
+    ``after_backward(model, losses)`` runs after each backward. Returns the last step's losses."""
+    loader = iter(instantiate(cfg.dataloader.train))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with EventStorage(0):
+        for _ in range(2):
+            losses = model(next(loader))
+            assert {k for k in losses if k.startswith("loss_kd_")} == set(kd_keys), sorted(losses)
+            assert all(torch.isfinite(v) for v in losses.values()), losses
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            if after_backward is not None:
+                after_backward(model, losses)
+            opt.step()
+    return losses
 
 
 def assert_export_strips_the_distillers(cfg, model, module_name):

@@ -24,7 +24,7 @@ from d2kd.distill.cwd import CWD, cwd_loss  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
 
 # shared helpers: the feature methods' (fake models, shapes configs), PKD's numpy standardisation, the fake COCO tree
-from feature_kd_helpers import RCNN_STUDENT, RETINA_TEACHER, build_shapes, fake_models, random_teachers, shapes  # noqa: E402
+from feature_kd_helpers import RCNN_STUDENT, RETINA_TEACHER, build_shapes, fake_models, random_teachers, shapes, train_two_steps  # noqa: E402
 from test_coco_configs_gkd import _save_random_weights as save_small_gamma_weights  # noqa: E402
 from test_coco_configs_gkd import _tiny as tiny_coco  # noqa: E402
 from test_coco_configs_gkd import _train as train_coco  # noqa: E402
@@ -177,16 +177,7 @@ def test_shapes_config_runs_two_iterations(config, teachers):
     (d,) = model.distillers
     levels = CONFIGS[config][1]
     assert isinstance(d, CWD) and d.in_features == levels and d.tau == 1.0 and d.weight == 10.0
-    loader = iter(instantiate(cfg.dataloader.train))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    with EventStorage(0):
-        for _ in range(2):
-            losses = model(next(loader))
-            assert {k for k in losses if k.startswith("loss_kd_cwd_")} == {f"loss_kd_cwd_{lv}" for lv in levels}
-            assert all(torch.isfinite(v) for v in losses.values())
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
+    train_two_steps(cfg, model, [f"loss_kd_cwd_{lv}" for lv in levels])
     assert time.time() - t0 < 15
 
 

@@ -22,7 +22,7 @@ from d2kd.distill.base import DISTILLER_REGISTRY  # noqa: E402
 from d2kd.distill.base import feature_levels  # noqa: E402
 from d2kd.distill.pkd import PKD, pkd_loss, pkd_standardize  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
-from feature_kd_helpers import RCNN_STUDENT, RETINA_TEACHER, build_shapes, fake_models, random_teachers, shapes  # noqa: E402
+from feature_kd_helpers import RCNN_STUDENT, RETINA_TEACHER, build_shapes, fake_models, random_teachers, shapes, train_two_steps  # noqa: E402
 
 # the fake COCO tree and helpers of the GKD COCO test (the same test-only datasets)
 from test_coco_configs_gkd import _save_random_weights as save_small_gamma_weights  # noqa: E402
@@ -206,17 +206,7 @@ def test_shapes_config_runs_two_iterations(config, teachers):
     expected = {"faster_rcnn_pkd": ["p2", "p3", "p4", "p5"], "retinanet_pkd": ["p3", "p4", "p5", "p6"],
                 "faster_rcnn_pkd_from_retinanet": ["p3", "p4", "p5", "p6"]}[config]
     assert d.in_features == expected and sorted(d.adapters) == sorted(expected)
-    loader = iter(instantiate(cfg.dataloader.train))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    with EventStorage(0):
-        for _ in range(2):
-            losses = model(next(loader))
-            kd = {k for k in losses if k.startswith("loss_kd_pkd_")}
-            assert kd == {f"loss_kd_pkd_{lv}" for lv in expected}
-            assert all(torch.isfinite(v) for v in losses.values())
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
+    train_two_steps(cfg, model, [f"loss_kd_pkd_{lv}" for lv in expected])
     assert time.time() - t0 < 15
 
 
