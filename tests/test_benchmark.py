@@ -54,6 +54,11 @@ def test_writes_results_md_json_and_plots(bench):
     assert math.isfinite(d["baselines"]["default"]["runs"][0]["eval"]["AP"])
     assert math.isfinite(d["teacher"]["eval"]["AP"])
     assert d["teacher"]["train_dtype"] == "float32"  # retinanet_teacher.py: no train.amp
+    # the machine line says whether this CPU computes bfloat16 natively (issue #26), however the call ran
+    from d2kd.runtime import native_bfloat16
+
+    assert ("native bfloat16 (AVX512-BF16/AMX)" if native_bfloat16("cpu") else "no native bfloat16") in \
+        res["settings"]["machine"]
     # the teacher trained here is scored by its training run's final evaluation, not again
     assert "start teacher_eval:" not in first.stdout
     teacher_rows = [json.loads(line) for line in open(tmp / "teachers" / "retinanet_teacher" / "metrics.json")]

@@ -122,3 +122,29 @@ def test_exported_mask_rcnn_student_loads_into_stock_and_predicts_masks(weights,
     image, _ = render_shapes_image("shapes_tiny_val", 0)
     out = DefaultPredictor(predictor_cfg)(image)["instances"]
     assert len(out) > 0 and out.has("pred_masks") and tuple(out.pred_masks.shape[1:]) == image.shape[:2]
+
+
+def test_a_mask_rcnn_student_distils_over_two_cpu_processes(weights, tmp_path, monkeypatch):
+    """DistillationRCNN with a mask head under DistributedDataParallel (gloo): both ranks step
+    with FGFI, the mask loss and the KD term are logged, and the exported student is the stock
+    GeneralizedRCNN with its mask head."""
+    import json
+    import os
+
+    from conftest import TINY_2PROC, run_train_net_here
+
+    out = str(tmp_path)
+    code = run_train_net_here(["--config-file", "configs/shapes/mask_rcnn_fgfi.py", "--num-gpus", "2", *TINY_2PROC,
+                               *MASKS, "train.max_iter=2", "train.eval_teacher=False", "train.eval_period=0",
+                               "train.checkpointer.period=100", "model.distillers.0.schedule.warmup_iters=0",
+                               f"model.teacher.weights={weights['faster_rcnn']}", f"train.output_dir={out}"], monkeypatch)
+    assert code == 0
+    assert "World size: 2" in open(os.path.join(out, "log.txt")).read()
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+    steps = [r for r in rows if "total_loss" in r]
+    assert [r["iteration"] for r in steps] == [0, 1]
+    assert all(math.isfinite(r["loss_mask"]) and r["loss_mask"] > 0 for r in steps)
+    assert all(math.isfinite(r["loss_kd_fgfi_imitation"]) and r["loss_kd_fgfi_imitation"] > 0 for r in steps)
+    exported = LazyConfig.load(os.path.join(out, "student", "config.yaml"))
+    assert exported.model._target_ == "detectron2.modeling.GeneralizedRCNN"
+    assert "mask_head" in exported.model.roi_heads

@@ -46,6 +46,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+import torch
+
 # The harness is the package next to this script (tools/benchmarking/): tools/ is sys.path[0]
 # when a tool runs as a script; d2kd is the installed package.
 from benchmarking import registry
@@ -67,6 +69,7 @@ from benchmarking.estimate import bfloat16_note, fmt_minutes, job_seconds, makes
 from benchmarking.resume import checkpoint_overrides, remove_periodic_checkpoints, resume_point
 from benchmarking.runner import Job, Scheduler, fmt_s, input_stamps, python_cmd, reusable
 from d2kd.model_zoo import checkpoint_card, shapes_checkpoint
+from d2kd.runtime import native_bfloat16
 
 #: The clone's root: the jobs run there (their configs are relative to it).
 REPO = registry.REPO
@@ -771,9 +774,8 @@ def machine() -> str:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.processor())
     except OSError:
         model = platform.processor()
-    import torch
-
-    return f"{platform.node()} {model}, {os.cpu_count()} CPU core(s), torch {torch.__version__}, " + \
+    bf16 = "native bfloat16 (AVX512-BF16/AMX)" if native_bfloat16("cpu") else "no native bfloat16"
+    return f"{platform.node()} {model}, {os.cpu_count()} CPU core(s), {bf16}, torch {torch.__version__}, " + \
         ("CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
 
 
