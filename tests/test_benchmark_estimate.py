@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import D2_MISSING, REPO, TINY, benchmark_tool
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
@@ -120,11 +121,16 @@ def test_probe_times_a_few_steps_of_each_config(tmp_path):
     from benchmarking.estimate import probe
 
     tiny = [o for o in TINY if not o.startswith("train.eval_period")]
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     p = probe({TEACHER: (tiny, str(tmp_path / "none.pth"), True)}, {STUDENT: tiny}, {FGFI: (tiny, TEACHER, STUDENT)})
     assert set(p.steps) == {TEACHER, STUDENT, FGFI} and all(t.probed for t in p.steps.values())
     for t in p.steps.values():
         assert 0 < t.train_s < 30 and 0 < t.infer_s < 30 and t.val_images == 16  # shapes_tiny_val
-    assert p.steps[TEACHER].train_s > p.steps[STUDENT].train_s  # 3.7 M against 0.35 M parameters
+    # No ordering of the step times is asserted: one timed step each, on a shared 2-core CI machine,
+    # once measured the 3.7 M teacher faster than the 0.35 M student. The probe runs on one thread
+    # and gives the caller's thread count back.
+    assert torch.get_num_threads() == threads
+    assert not (tmp_path / "none.pth").exists()  # the untrained teacher went to the probe's own temp dir
     assert p.steps[TEACHER].dtype in ("float32", "bfloat16")
     assert p.startup_s > 0 and p.seconds <= time.perf_counter() - t0
