@@ -47,6 +47,7 @@ import time
 from typing import Dict, List, Optional
 
 import torch
+from detectron2.config import LazyConfig
 
 # The harness is the package next to this script (tools/benchmarking/): tools/ is sys.path[0]
 # when a tool runs as a script; d2kd is the installed package.
@@ -159,8 +160,6 @@ def _load(config: str, overrides=()):
 
 @functools.lru_cache(maxsize=None)
 def _load_cached(path: str, mtime: float, overrides: tuple):
-    from detectron2.config import LazyConfig
-
     return LazyConfig.apply_overrides(LazyConfig.load(path), list(overrides))
 
 
@@ -757,8 +756,6 @@ def time_estimate(plan: Plan) -> Optional[Dict]:
 
 
 def _load_for_probe(config: str, overrides: List[str]):
-    from detectron2.config import LazyConfig
-
     cfg = LazyConfig.load(os.path.join(REPO, config) if not os.path.isabs(config) else config)
     return LazyConfig.apply_overrides(cfg, [o for o in overrides if _applies(cfg, o)])
 

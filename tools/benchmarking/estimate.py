@@ -30,6 +30,7 @@ x the probed per-image time (the 2026-12-01 quick run's teacher evaluation: ~1.0
 (process start to first step) 7 s against 5.3 s of imports and set-up probed.
 """
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -337,8 +338,6 @@ def fmt_minutes(seconds: float) -> str:
 @contextlib.contextmanager
 def quiet_logs():
     """The probe builds models and loaders whose INFO logs would bury the estimate line."""
-    import logging
-
     names = ("detectron2", "d2kd", "fvcore")
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:

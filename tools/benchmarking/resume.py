@@ -27,6 +27,8 @@ import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
 from d2kd.checkpoint import last_checkpoint
 
 STARTED = "benchmark_started.json"
@@ -68,8 +70,6 @@ def checkpoint_iteration(path: str) -> Optional[int]:
     if m:
         return int(m.group(1))
     try:
-        import torch
-
         it = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("iteration")
     except Exception:  # unreadable: train_net.py --resume falls back to an older file itself
         return None
