@@ -64,13 +64,13 @@ def test_quick_continues_from_the_shipped_checkpoints_and_trains_nothing_long(tm
 
 def test_full_trains_each_protocol_model_once_for_its_length(tmp_path):
     """Nothing shipped under --teacher-root: the teachers train for the protocol's lengths
-    (RetinaNet 12000, Faster R-CNN 8000), each detector's start once (12000), and every student
+    (RetinaNet 12000, Faster R-CNN 8000, FCOS 6000), each detector's start once (12000), and every student
     run waits for its start; rows with a baseline of their own and detectors without a protocol
     run as their configs say."""
     root = tmp_path / "teachers"
     plan = _plan(tmp_path, "--full", "--teacher-root", str(root))
     jobs = _jobs(plan)
-    for det, t_iters in (("retinanet", "12000"), ("faster_rcnn", "8000")):
+    for det, t_iters in (("retinanet", "12000"), ("faster_rcnn", "8000"), ("fcos", "6000")):
         teacher = jobs[f"teacher:{det}_teacher_{t_iters}"].cmd
         assert _opt(teacher, "train.max_iter") == t_iters
         assert _opt(teacher, "train.output_dir") == str(root / f"{det}_teacher_{t_iters}")

@@ -102,11 +102,13 @@ class Continuation:
 
 #: detector -> its near-converged protocol (``--quick``, ``--full``): the lengths of
 #: docs/learning_curves.md's long runs (RetinaNet teacher 43.7 AP at 12000 iterations, student
-#: 24.5 at 12000; Faster R-CNN teacher 65.7 at 8000, student 61.6 at 12000). Detectors without
-#: one are trained from scratch for their configs' ``train.max_iter``.
+#: 24.5 at 12000; Faster R-CNN teacher 65.7 at 8000, student 61.6 at 12000; FCOS teacher at its
+#: config's 6000, student at 12000). Detectors without one (SSD, Mask R-CNN) are trained from
+#: scratch for their configs' ``train.max_iter``.
 CONTINUATIONS: Dict[str, Continuation] = {
     "retinanet": Continuation(teacher_iters=12000, start_iters=12000),
     "faster_rcnn": Continuation(teacher_iters=8000, start_iters=12000),
+    "fcos": Continuation(teacher_iters=6000, start_iters=12000),
 }
 
 #: What ``--quick`` runs: RetinaNet + FGFI (2 seeds: baseline, FGFI, equal-wall-clock baseline),
