@@ -61,16 +61,19 @@ def build_shapes(config, teacher_weights, teacher=None):
     return cfg, instantiate(cfg.model).train()
 
 
-def train_two_steps(cfg, model, kd_keys, after_backward=None):
-    """Two SGD steps (lr 1e-3) of a built shapes model on its config's training loader: each
-    step's ``loss_kd_*`` keys are exactly ``kd_keys`` and every loss is finite;
-    ``after_backward(model, losses)`` runs after each backward. Returns the last step's losses."""
+def train_two_steps(cfg, model, kd_keys=None, after_backward=None, *, optimizer=None, lr=1e-3, start_iter=0):
+    """Two optimizer steps of a built shapes model on its config's training loader (``optimizer``:
+    default SGD at ``lr`` over the trainable parameters; ``start_iter``: the EventStorage iteration,
+    e.g. past a method's warm-up): every loss is finite and, unless ``kd_keys`` is None, each
+    step's ``loss_kd_*`` keys are exactly ``kd_keys``; ``after_backward(model, losses)`` runs after
+    each backward. Returns the last step's losses."""
     loader = iter(instantiate(cfg.dataloader.train))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    with EventStorage(0):
+    opt = optimizer or torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    with EventStorage(start_iter):
         for _ in range(2):
             losses = model(next(loader))
-            assert {k for k in losses if k.startswith("loss_kd_")} == set(kd_keys), sorted(losses)
+            if kd_keys is not None:
+                assert {k for k in losses if k.startswith("loss_kd_")} == set(kd_keys), sorted(losses)
             assert all(torch.isfinite(v) for v in losses.values()), losses
             opt.zero_grad()
             sum(losses.values()).backward()

@@ -19,7 +19,8 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import d2kd  # noqa: E402,F401
 from d2kd.distill.fgd import FGD, ContextBlock, fgd_attention, fgd_masks  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
-from feature_kd_helpers import assert_export_strips_the_distillers, build_shapes, fake_models, random_teachers  # noqa: E402
+from feature_kd_helpers import (  # noqa: E402
+    assert_export_strips_the_distillers, build_shapes, fake_models, random_teachers, train_two_steps)
 from test_coco_configs_gkd import TRAIN, _save_random_weights, fake_coco  # noqa: E402,F401
 
 torch.set_num_threads(1)
@@ -347,15 +348,6 @@ def test_coco_config_builds_and_trains_two_iterations(path, fake_coco, tmp_path)
     fgd = model.distillers[0]
     assert len(fgd.align) == 0 and list(fgd.context_student) == want["levels"]  # 256 ch both sides
     cfg.optimizer.params.model = model
-    opt = instantiate(cfg.optimizer)
-    loader = iter(instantiate(cfg.dataloader.train))
-    with EventStorage(0):
-        for _ in range(2):
-            losses = model(next(loader))
-            assert {f"loss_kd_fgd_{t}" for t in ("fg", "bg", "attention", "relation")} <= set(losses)
-            total = sum(losses.values())
-            assert torch.isfinite(total), losses
-            opt.zero_grad()
-            total.backward()
-            opt.step()
+    train_two_steps(cfg, model, {f"loss_kd_fgd_{t}" for t in ("fg", "bg", "attention", "relation")},
+                    optimizer=instantiate(cfg.optimizer))
     assert all(p.grad is None for p in model.teacher.model.parameters())

@@ -19,6 +19,7 @@ import d2kd  # noqa: E402,F401
 from d2kd.distill import FGFI  # noqa: E402
 from d2kd.distill.fgfi import fgfi_masks, fgfi_masks_batch, init_adapter_weight, pairwise_iou_plus_one  # noqa: E402
 from d2kd.records import DetectorRecord, RPNRecord  # noqa: E402
+from feature_kd_helpers import train_two_steps  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -376,16 +377,7 @@ def test_shapes_config_runs_two_iterations(config, teachers):
     cfg, model = build(config, teachers)
     (d,) = model.distillers
     assert isinstance(d, FGFI)
-    loader = iter(instantiate(cfg.dataloader.train))
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    with EventStorage(1000):  # after the warm-up
-        for _ in range(2):
-            losses = model(next(loader))
-            assert "loss_kd_fgfi_imitation" in losses
-            assert all(torch.isfinite(v) for v in losses.values())
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
+    train_two_steps(cfg, model, {"loss_kd_fgfi_imitation"}, start_iter=1000)  # after the warm-up
     assert time.time() - t0 < 30
 
 

@@ -11,7 +11,6 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
@@ -19,6 +18,7 @@ import d2kd  # noqa: E402,F401
 from d2kd.distill import LSHFM  # noqa: E402
 from d2kd.distill import lshfm as lshfm_module  # noqa: E402
 from d2kd.records import ClassifierLayout, DenseHeadRecord, DetectorRecord, RecordLayout, ROIRecord  # noqa: E402
+from feature_kd_helpers import train_two_steps  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -316,24 +316,14 @@ def test_shapes_config_runs_two_iterations_with_fixed_targets(config, teachers):
         assert cfg.train.init_checkpoint == "output/shapes/retinanet_student_tower128/model_final.pth"
     else:
         assert d.adapter is not None  # the Faster R-CNN student's box head is narrower than its teacher's
-    loader = iter(instantiate(cfg.dataloader.train))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-2)
     hash_before = d.hash_weight.clone() if d.uses_hash else None
     if d.uses_hash:
-        assert all(p is not d.hash_weight for p in params)
+        assert all(p is not d.hash_weight for p in model.parameters() if p.requires_grad)
         assert d.std == pytest.approx(float(
             (model.teacher.model.roi_heads.box_predictor.cls_score.weight if d.student_needs() == {"roi"}
              else model.teacher.model.head.cls_score.weight).std()))
-    with EventStorage(0):
-        for _ in range(2):
-            losses = model(next(loader))
-            kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_lshfm_")}
-            assert set(kd) == {f"loss_kd_lshfm_{t}" for t in {"l2": ["l2"], "lsh": ["lsh"], "lshl2": ["l2", "lsh"]}[d.mode]}
-            assert all(torch.isfinite(v) for v in losses.values())
-            opt.zero_grad()
-            sum(losses.values()).backward()
-            opt.step()
+    terms = {"l2": ["l2"], "lsh": ["lsh"], "lshl2": ["l2", "lsh"]}[d.mode]
+    train_two_steps(cfg, model, {f"loss_kd_lshfm_{t}" for t in terms}, lr=1e-2)
     if d.uses_hash:
         assert torch.equal(d.hash_weight, hash_before)
     assert time.time() - t0 < 30

@@ -6,8 +6,6 @@ from conftest import D2_MISSING
 
 pytest.importorskip("detectron2", reason=D2_MISSING)
 
-import os  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -20,7 +18,8 @@ import d2kd.distill.mgd as mgd_module  # noqa: E402
 from d2kd.distill.base import feature_levels  # noqa: E402
 from d2kd.distill.mgd import MGD, mgd_keep_mask  # noqa: E402
 from d2kd.records import DetectorRecord  # noqa: E402
-from feature_kd_helpers import TINY_TRAIN, assert_export_strips_the_distillers, build_shapes, fake_models, random_teachers  # noqa: E402
+from feature_kd_helpers import (  # noqa: E402
+    TINY_TRAIN, assert_export_strips_the_distillers, build_shapes, fake_models, random_teachers, train_two_steps)
 from test_coco_configs_gkd import TRAIN, VAL, _save_random_weights, fake_coco  # noqa: E402,F401
 
 torch.set_num_threads(1)
@@ -249,15 +248,5 @@ def test_coco_config_builds_and_trains_two_iterations(fake_coco, tmp_path):  # n
             module.weight.mul_(0.1)
     assert len(model.distillers[0].align) == 0 and len(model.distillers[0].generation) == 5  # 256 ch both sides
     cfg.optimizer.params.model = model
-    opt = instantiate(cfg.optimizer)
-    loader = iter(instantiate(cfg.dataloader.train))
-    with EventStorage(0):
-        for _ in range(2):
-            losses = model(next(loader))
-            assert {f"loss_kd_mgd_p{k}" for k in range(3, 8)} <= set(losses)
-            total = sum(losses.values())
-            assert torch.isfinite(total), losses
-            opt.zero_grad()
-            total.backward()
-            opt.step()
+    train_two_steps(cfg, model, {f"loss_kd_mgd_p{k}" for k in range(3, 8)}, optimizer=instantiate(cfg.optimizer))
     assert all(p.grad is None for p in model.teacher.model.parameters())

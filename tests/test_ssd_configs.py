@@ -18,12 +18,12 @@ from detectron2.config import LazyCall as L  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets.pascal_voc import register_pascal_voc  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
 
 import d2kd  # noqa: F401,E402
 from d2kd.distill import Chen2017  # noqa: E402
 from d2kd.modeling.meta_arch import DistillationRCNN, DistillationSSD  # noqa: E402
 from d2kd.modeling.meta_arch.ssd import PRIOR_PRESETS  # noqa: E402
+from feature_kd_helpers import train_two_steps  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -43,15 +43,7 @@ def _two_iterations(cfg):
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    loader = iter(instantiate(cfg.dataloader.train))
-    with EventStorage(0):
-        for _ in range(2):
-            losses = model(next(loader))
-            assert all(torch.isfinite(v) for v in losses.values()), losses
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+    losses = train_two_steps(cfg, model, optimizer=instantiate(cfg.optimizer))
     if "teacher" in cfg.model:
         kd = [k for k in losses if k.startswith("loss_kd_chen2017_")]
         assert kd and all(losses[k].item() > 0 for k in kd if "hint" in k or "soft" in k), losses
