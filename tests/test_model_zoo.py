@@ -21,7 +21,7 @@ def test_a_shipped_checkpoint_is_what_its_card_says_and_loads_into_its_model():
 
     names = sorted(os.path.splitext(f)[0] for f in os.listdir(SHAPES_DIR) if f.endswith(".pth"))
     assert {"retinanet_teacher_12000", "retinanet_student_12000", "faster_rcnn_student_12000",
-            "fcos_teacher_6000", "fcos_student_12000"} <= set(names)
+            "fcos_teacher_6000", "fcos_student_12000", "faster_rcnn_teacher_8000"} <= set(names)
     for name in names:
         path = shapes_checkpoint(name)
         card = checkpoint_card(path)
