@@ -162,3 +162,22 @@ def test_an_fcos_student_distils_over_two_cpu_processes(weights, tmp_path, monke
                for r in rows if "total_loss" in r)
     exported = LazyConfig.load(os.path.join(out, "student", "config.yaml"))
     assert exported.model._target_ == "detectron2.modeling.FCOS"
+
+
+def test_an_fcos_student_steps_under_mixed_precision(weights):
+    """Under autocast (train.amp) the head's outputs are bfloat16/float16 and fvcore's giou_loss,
+    which FCOS's box loss calls, fails on them (an index_put of float32 into a half tensor; a
+    CUDA float16 run found it). DistillationFCOS computes FCOS's losses in float32; the CPU
+    bfloat16 autocast of d2kd's AutocastTrainer takes the same route."""
+    from d2kd.engine.amp import autocast_forward
+
+    cfg, model = _build("fcos_fgfi", weights)
+    model.train()
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    with EventStorage(1000), autocast_forward(model, "cpu", torch.bfloat16):
+        losses = model(batch)
+    assert {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_kd_fgfi_imitation"} <= set(losses)
+    assert all(v.dtype == torch.float32 and math.isfinite(float(v)) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.head.bbox_pred.weight.grad is not None and model.head.bbox_pred.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.teacher.model.parameters())

@@ -40,9 +40,18 @@ class DistillationFCOS(DistillationMixin, FCOS):
         head = fcos_head_outputs(self, features)
         # FCOS.forward_training, with the GT matching kept in the record.
         gt_labels, gt_boxes = self.label_anchors(head.anchors, gt_instances)
-        losses = self.scale_detector_losses(
-            self.losses(head.anchors, head.cls_logits, gt_labels, head.box_deltas, gt_boxes, head.centerness))
+        # FCOS's losses in float32 (a no-op without autocast): under train.amp the head's outputs
+        # are float16/bfloat16 and fvcore's giou_loss, FCOS's box loss, fails on them (an
+        # index_put of float32 into a half tensor; facebookresearch/fvcore pull request #114).
+        with torch.autocast(images.tensor.device.type, enabled=False):
+            losses = self.scale_detector_losses(self.losses(
+                head.anchors, _float(head.cls_logits), gt_labels, _float(head.box_deltas), gt_boxes,
+                _float(head.centerness)))
         head.gt_labels, head.gt_boxes = torch.stack(gt_labels), torch.stack(gt_boxes)
         student = DetectorRecord(images=images, features=features, gt_instances=gt_instances, head=head)
         losses.update(self.distillation_losses(student, teacher_images))
         return losses
+
+
+def _float(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    return [t.float() for t in tensors]
