@@ -148,3 +148,19 @@ def test_a_mask_rcnn_student_distils_over_two_cpu_processes(weights, tmp_path, m
     exported = LazyConfig.load(os.path.join(out, "student", "config.yaml"))
     assert exported.model._target_ == "detectron2.modeling.GeneralizedRCNN"
     assert "mask_head" in exported.model.roi_heads
+
+
+@pytest.mark.parametrize("teacher,tasks", [("faster_rcnn_teacher", {"bbox"}), ("mask_rcnn_student", {"bbox", "segm"})])
+def test_the_teacher_is_evaluated_on_the_tasks_it_predicts(weights, tmp_path, teacher, tasks):
+    """The evaluation before training asks for what the teacher predicts, not the student's tasks:
+    a Mask R-CNN student's ("bbox", "segm") failed inside pycocotools on a Faster R-CNN teacher's
+    box-only predictions (tools/cuda_check.py found it; no test evaluated that teacher)."""
+    from d2kd.engine.trainer import Trainer
+
+    cfg, model = _build("mask_rcnn_fgfi", weights, teacher=teacher, overrides=[f"train.output_dir={tmp_path}"])
+    model.teacher.model.roi_heads.box_predictor.test_score_thresh = 0.0  # random weights: keep every box
+    results = Trainer.test(cfg, model.teacher.model, Trainer.build_teacher_evaluator(cfg))
+    assert set(results) == tasks and all(math.isfinite(v) for v in results["bbox"].values() if v == v)
+    if teacher == "faster_rcnn_teacher":
+        with pytest.raises(TypeError):  # the student's evaluator, as the hook used it before
+            Trainer.test(cfg, model.teacher.model, Trainer.build_evaluator(cfg))

@@ -134,7 +134,22 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name=None):
+        return cls._instantiate_evaluator(cfg, cfg.dataloader.evaluator)
+
+    @classmethod
+    def build_teacher_evaluator(cls, cfg):
+        """The student's evaluator, asked for the tasks the teacher's predictions hold instead of
+        the student's: a Mask R-CNN student's ``("bbox", "segm")`` failed inside pycocotools on a
+        Faster R-CNN teacher's box-only predictions. Detectron2's ``COCOEvaluator`` infers the
+        tasks from the predictions when given none."""
         evaluator = cfg.dataloader.evaluator
+        if evaluator.get("tasks") is not None:
+            evaluator = copy.deepcopy(evaluator)
+            evaluator.tasks = None
+        return cls._instantiate_evaluator(cfg, evaluator)
+
+    @classmethod
+    def _instantiate_evaluator(cls, cfg, evaluator):
         if "output_dir" not in evaluator and "train" in cfg:
             # COCOEvaluator caches the COCO-format json of non-COCO datasets (shapes) there.
             evaluator = copy.deepcopy(evaluator)
@@ -148,7 +163,7 @@ class Trainer(DefaultTrainer):
         if hasattr(model, "distillers"):
             ret.append(DistillerScheduleCheck())  # first: its warning comes before any long work
         if hasattr(model, "teacher") and cfg.train.get("eval_teacher", False):
-            ret.append(TeacherEvalHook(lambda teacher: self.test(self.cfg, teacher)))
+            ret.append(TeacherEvalHook(lambda teacher: self.test(cfg, teacher, self.build_teacher_evaluator(cfg))))
         if comm.is_main_process():
             ret.append(
                 hooks.PeriodicCheckpointer(
