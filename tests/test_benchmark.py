@@ -378,3 +378,32 @@ def test_training_dtype_is_read_from_the_last_run_in_the_log(tmp_path, train_net
     assert code == 0, log[-2000:]
     assert "Starting training from iteration 1" in log  # resumed: the same log.txt holds both runs
     assert train_dtype(str(tmp_path)) == "float32"
+
+
+def test_teacher_outputs_are_walked_once_through_a_faster_rcnn_gkd_record(tmp_path):
+    """The overhead report's "teacher outputs carry no graph" check walks the teacher's record;
+    GKD's record on Faster R-CNN holds a reference cycle, and the walk exceeded the recursion
+    limit (the converged Faster R-CNN run's GKD measurement failed so, 2026-12-04)."""
+    from conftest import TINY, save_random_weights
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.utils.events import EventStorage
+
+    from benchmarking.measure import _tensors
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load("configs/shapes/faster_rcnn_gkd.py"), TINY)
+    save_random_weights("configs/shapes/faster_rcnn_teacher.py", str(tmp_path / "teacher.pth"))
+    cfg.model.teacher.weights = str(tmp_path / "teacher.pth")
+    model = instantiate(cfg.model).train()
+    record, captured = model.teacher.record, {}
+
+    def capture(*args):
+        captured["out"] = out = record(*args)
+        return out
+
+    model.teacher.record = capture
+    with EventStorage(1000):
+        model(next(iter(instantiate(cfg.dataloader.train))))
+    out = captured["out"]
+    tensors = list(_tensors([out.features, out.rpn, out.roi]))
+    assert len({id(t) for t in tensors}) == len(tensors) > len(out.features)
+    assert not any(t.requires_grad or t.grad_fn is not None for t in tensors)

@@ -98,18 +98,25 @@ def _maxrss_mb() -> float:
     return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
 
 
-def _tensors(obj):
+def _tensors(obj, seen=None):
+    """Every tensor reachable from ``obj`` through dicts, lists, tuples and object attributes,
+    each object visited once (a record can hold a cycle: Faster R-CNN's ROI record made the GKD
+    overhead measurement exceed the recursion limit on 2026-12-04)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for v in obj.values():
-            yield from _tensors(v)
+            yield from _tensors(v, seen)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            yield from _tensors(v)
+            yield from _tensors(v, seen)
     elif hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
         for v in vars(obj).values():
-            yield from _tensors(v)
+            yield from _tensors(v, seen)
 
 
 def parts_recorded(record) -> List[str]:
