@@ -90,6 +90,7 @@ def test_every_dense_view_method_runs_on_fcos_unchanged(name, distiller, terms, 
     ("fcos_pkd", {"pkd_p3", "pkd_p4", "pkd_p5", "pkd_p6"}),
     ("fcos_cwd", {"cwd_p3", "cwd_p4", "cwd_p5", "cwd_p6"}),
     ("fcos_adl", {"adl_cls"}),
+    ("fcos_fgd", {"fgd_fg", "fgd_bg", "fgd_attention", "fgd_relation"}),
 ])
 def test_each_fcos_shapes_config_builds_and_steps_with_its_terms(config, terms, weights):
     """fcos_fitnet and fcos_fgfi are stepped by the tests above and the two-process one."""
